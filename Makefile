@@ -1,0 +1,31 @@
+# Two entry points that set themselves up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint train-default bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/cxr-serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+# Reproduces the shipped model_store/pneumonia/1 (about 10 minutes on 2 CPU cores).
+train-default: $(STAMP)
+	$(BIN)/cxr-train --data ../shared/data/chest_xray_224 --out runs/default --version 1 --target-sensitivity 0.95 \
+		--input-size 128 --filters 32,64,128,128,128 --dense 256 --balance undersample
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

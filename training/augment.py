@@ -1,0 +1,42 @@
+"""Augmentation that suits radiographs: small rotations, shifts, zoom, brightness/contrast; no flips
+(left/right anatomy matters). Works on the decoded grayscale image, before the shared preprocessing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    max_rotation_deg: float = 7.0
+    max_shift: float = 0.06  # fraction of width/height
+    max_zoom: float = 0.08
+    max_brightness: float = 0.08  # additive, fraction of full scale
+    max_contrast: float = 0.12  # multiplicative around the mean
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def augment(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random affine + intensity jitter of a uint8 2-D image; returns uint8 of the same shape."""
+    h, w = image.shape
+    angle = math.radians(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
+    scale = 1.0 + rng.uniform(-config.max_zoom, config.max_zoom)
+    tx, ty = rng.uniform(-config.max_shift, config.max_shift, size=2) * (w, h)
+    # inverse map (output -> input) about the image centre, as Image.transform expects
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    cx, cy = w / 2, h / 2
+    coeffs = (cos, sin, cx - cos * (cx + tx) - sin * (cy + ty),
+              -sin, cos, cy + sin * (cx + tx) - cos * (cy + ty))
+    moved = Image.fromarray(image).transform((w, h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+    out = np.asarray(moved, dtype=np.float32)
+    mean = out.mean()
+    contrast = 1.0 + rng.uniform(-config.max_contrast, config.max_contrast)
+    brightness = rng.uniform(-config.max_brightness, config.max_brightness) * 255.0
+    out = (out - mean) * contrast + mean + brightness
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

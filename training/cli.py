@@ -1,0 +1,166 @@
+"""``cxr-train`` and ``cxr-evaluate``: train, choose the threshold on validation, report, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_store.preprocessing import PreprocessingSpec
+from model_store.registry import DEFAULT_STORE, ModelRegistry
+from training.augment import AugmentConfig
+from training.model import ModelConfig
+
+log = logging.getLogger("cxr.train")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cxr-train", description="Train the pneumonia ConvNet and export it.")
+    p.add_argument("--data", required=True, help="Kermany folder (train/ [val/] [test/]) or MedMNIST .npz")
+    p.add_argument("--out", default="runs/latest", help="run folder: checkpoints, history, report, plots")
+    p.add_argument("--resume", help="checkpoint_last.h5 of an earlier run to continue from")
+    g = p.add_argument_group("preprocessing (stored in the artifact, applied again when serving)")
+    g.add_argument("--input-size", type=int, default=128)
+    g.add_argument("--crop", choices=["none", "center"], default="none")
+    g.add_argument("--binarize", choices=["fixed", "otsu", "none"], default="fixed")
+    g.add_argument("--threshold", type=float, default=128 / 255, help="fixed binarize threshold in (0, 1)")
+    g.add_argument("--mask-bottom", type=float, default=0.0, help="zero this share of the lowest rows")
+    g = p.add_argument_group("model")
+    g.add_argument("--filters", default="32,64,128,128", help="conv widths, one 3x3 block + 2x2 pool each")
+    g.add_argument("--dense", type=int, default=512)
+    g.add_argument("--dropout", type=float, default=0.5)
+    g.add_argument("--l1", type=float, default=1e-5)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g = p.add_argument_group("fit")
+    g.add_argument("--balance", choices=["undersample", "class-weight", "none"], default="undersample")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--val-fraction", type=float, default=0.1)
+    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--patience", type=int, default=5, help="early stopping patience (val_loss)")
+    g.add_argument("--limit", type=int, help="use at most N images per class of each split (quick runs)")
+    g = p.add_argument_group("evaluation and export")
+    g.add_argument("--target-sensitivity", type=float,
+                   help="pick the threshold reaching this validation sensitivity (default: Youden's J)")
+    g.add_argument("--store", default=str(DEFAULT_STORE), help="model store root")
+    g.add_argument("--name", default="pneumonia")
+    g.add_argument("--version", type=int, help="version to write (default: next free)")
+    g.add_argument("--no-export", action="store_true", help="do not write into the model store")
+    g.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _limit(images: Any, limit: int | None, seed: int) -> Any:
+    if not limit:
+        return images
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(images.labels == c))[:limit]
+                           for c in np.unique(images.labels)])
+    return images.subset(np.sort(keep), description=f"{images.description}, at most {limit} per class")
+
+
+def evaluate_model(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64) -> np.ndarray:
+    """P(PNEUMONIA) for every image of the set, through the shared preprocessing."""
+    from training.batches import ImageBatches
+
+    inputs = ImageBatches(images, spec, batch_size).all_inputs()
+    return model.predict(inputs, batch_size=batch_size, verbose=0)[:, 1]
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = _train_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from model_store.artifact import save_artifact
+    from training.data import has_split, load_split
+    from training.evaluate import binary_metrics, choose_threshold, write_plots, write_report
+    from training.train import TrainConfig, build_metadata, fit, make_splits
+
+    spec = PreprocessingSpec(input_size=args.input_size, crop=args.crop, binarize=args.binarize,
+                             threshold=args.threshold, mask_bottom_fraction=args.mask_bottom)
+    model_config = ModelConfig(input_size=args.input_size, filters=tuple(int(f) for f in args.filters.split(",")),
+                               dense_units=args.dense, dropout=args.dropout, l1=args.l1, learning_rate=args.lr)
+    config = TrainConfig(spec=spec, model=model_config, balance=args.balance, epochs=args.epochs,
+                         batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
+                         augment=None if args.no_augment else AugmentConfig(),
+                         early_stopping_patience=args.patience, verbose=0 if args.quiet else 2)
+    if args.resume:  # the checkpoint's own configuration wins: resuming must not change the recipe
+        from model_store.artifact import read_metadata
+
+        saved = read_metadata(args.resume).training["config"]
+        config.spec = PreprocessingSpec.from_dict(saved["spec"])
+        config.balance, config.seed, config.val_fraction = saved["balance"], saved["seed"], saved["val_fraction"]
+        config.batch_size = saved["batch_size"]
+    train_set = _limit(load_split(args.data, "train"), args.limit, config.seed)
+    splits = make_splits(train_set, config)
+    log.info("train %s, val %s", splits.train.class_counts(), splits.val.class_counts())
+    out = Path(args.out)
+    model, state = fit(splits, config, out, resume=args.resume)
+
+    val_scores = evaluate_model(model, config.spec, splits.val)
+    threshold = choose_threshold(splits.val.labels, val_scores, args.target_sensitivity)
+    results = {"val": binary_metrics(splits.val.labels, val_scores, threshold)}
+    curves = {"val": (splits.val.labels, val_scores)}
+    if has_split(args.data, "test"):
+        test_set = _limit(load_split(args.data, "test"), args.limit, config.seed)
+        test_scores = evaluate_model(model, config.spec, test_set)
+        results["test"] = binary_metrics(test_set.labels, test_scores, threshold)
+        curves["test"] = (test_set.labels, test_scores)
+    plots = write_plots(out, results, curves, state["history"], ["NORMAL", "PNEUMONIA"])
+    report = {"threshold_rule": f"sensitivity >= {args.target_sensitivity}" if args.target_sensitivity
+              else "Youden's J on validation", "metrics": results, "plots": plots,
+              "seconds_per_epoch": state["seconds_per_epoch"], "epochs_run": state["epoch"],
+              "config": config.to_dict()}
+    write_report(out, report)
+    print(json.dumps({k: {m: v for m, v in r.items() if m != "confusion_matrix"} for k, r in results.items()},
+                     indent=1))
+    if args.no_export:
+        return 0
+    registry = ModelRegistry(args.store)
+    version = args.version or registry.next_version(args.name)
+    metadata = build_metadata(config, splits, {k: v for k, v in state.items() if k != "history"},
+                              name=args.name, version=str(version))
+    metadata.decision_threshold = threshold
+    metadata.metrics = {"threshold_rule": report["threshold_rule"], **results}
+    target = registry.path_for(args.name, version)
+    sha = save_artifact(model, metadata, target)
+    for name in [*plots, "report.json", "history.csv"]:
+        shutil.copy2(out / name, target.parent / name)
+    print(f"exported {target} (sha256 {sha}, {target.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cxr-evaluate", description="Evaluate a model artifact on a data split.")
+    p.add_argument("--model", required=True, help="path to model.h5")
+    p.add_argument("--data", required=True, help="Kermany folder or MedMNIST .npz")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="write report.json and plots here")
+    p.add_argument("--limit", type=int)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from model_store.artifact import load_artifact
+    from training.data import load_split
+    from training.evaluate import binary_metrics, write_plots, write_report
+
+    loaded = load_artifact(args.model)
+    images = _limit(load_split(args.data, args.split), args.limit, 0)
+    scores = evaluate_model(loaded.model, loaded.metadata.preprocessing, images)
+    metrics = binary_metrics(images.labels, scores, loaded.metadata.decision_threshold)
+    print(json.dumps(metrics, indent=1))
+    if args.out:
+        plots = write_plots(args.out, {args.split: metrics}, {args.split: (images.labels, scores)}, None,
+                            loaded.metadata.class_names)
+        write_report(args.out, {"model": str(args.model), "sha256": loaded.sha256, "split": args.split,
+                                "data": images.description, "metrics": {args.split: metrics}, "plots": plots})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())
