@@ -57,13 +57,12 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _limit(images: Any, limit: int | None, seed: int) -> Any:
+def _limit(images: Any, limit: int | None) -> Any:
+    """The first ``limit`` images of each class, in file order: the same slice for cxr-train and cxr-evaluate."""
     if not limit:
         return images
-    rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(images.labels == c))[:limit]
-                           for c in np.unique(images.labels)])
-    return images.subset(np.sort(keep), description=f"{images.description}, at most {limit} per class")
+    keep = np.concatenate([np.flatnonzero(images.labels == c)[:limit] for c in np.unique(images.labels)])
+    return images.subset(np.sort(keep), description=f"{images.description}, first {limit} per class")
 
 
 def evaluate_model(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64) -> np.ndarray:
@@ -97,7 +96,7 @@ def train_main(argv: list[str] | None = None) -> int:
         config.spec = PreprocessingSpec.from_dict(saved["spec"])
         config.balance, config.seed, config.val_fraction = saved["balance"], saved["seed"], saved["val_fraction"]
         config.batch_size = saved["batch_size"]
-    train_set = _limit(load_split(args.data, "train"), args.limit, config.seed)
+    train_set = _limit(load_split(args.data, "train"), args.limit)
     splits = make_splits(train_set, config)
     log.info("train %s, val %s", splits.train.class_counts(), splits.val.class_counts())
     out = Path(args.out)
@@ -108,7 +107,7 @@ def train_main(argv: list[str] | None = None) -> int:
     results = {"val": binary_metrics(splits.val.labels, val_scores, threshold)}
     curves = {"val": (splits.val.labels, val_scores)}
     if has_split(args.data, "test"):
-        test_set = _limit(load_split(args.data, "test"), args.limit, config.seed)
+        test_set = _limit(load_split(args.data, "test"), args.limit)
         test_scores = evaluate_model(model, config.spec, test_set)
         results["test"] = binary_metrics(test_set.labels, test_scores, threshold)
         curves["test"] = (test_set.labels, test_scores)
@@ -150,7 +149,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from training.evaluate import binary_metrics, write_plots, write_report
 
     loaded = load_artifact(args.model)
-    images = _limit(load_split(args.data, args.split), args.limit, 0)
+    images = _limit(load_split(args.data, args.split), args.limit)
     scores = evaluate_model(loaded.model, loaded.metadata.preprocessing, images)
     metrics = binary_metrics(images.labels, scores, loaded.metadata.decision_threshold)
     print(json.dumps(metrics, indent=1))

@@ -112,7 +112,8 @@ def write_plots(out_dir: str | os.PathLike[str], results: dict[str, dict[str, An
                 if prefix + key in history:
                     ax.plot(history[prefix + key], label=prefix + key)
             ax.set_xlabel("epoch")
-            ax.legend()
+            if ax.lines:
+                ax.legend()
         fig.tight_layout()
         fig.savefig(out / "learning_curves.png", dpi=100)
         plt.close(fig)
