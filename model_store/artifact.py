@@ -130,6 +130,7 @@ def save_artifact(model: keras.Model, metadata: ModelMetadata, path: str | os.Pa
             model.save(tmp_name, include_optimizer=include_optimizer)
         with h5py.File(tmp_name, "a") as handle:
             handle.attrs[METADATA_ATTR] = json.dumps(metadata.to_dict(), sort_keys=True)
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; images run as another user must read it
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
@@ -139,14 +140,15 @@ def save_artifact(model: keras.Model, metadata: ModelMetadata, path: str | os.Pa
 
 @contextlib.contextmanager
 def _quiet_legacy_warning() -> Iterator[None]:
-    """Keras logs that HDF5 is a legacy format on every save; it is our deliberate choice, so mute it."""
-    absl_logger = logging.getLogger("absl")
-    previous = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
+    """Keras warns through absl that HDF5 is a legacy format on every save; it is our deliberate choice."""
+    from absl import logging as absl_logging
+
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         yield
     finally:
-        absl_logger.setLevel(previous)
+        absl_logging.set_verbosity(previous)
 
 
 def _open_h5(path: Path) -> h5py.File:
