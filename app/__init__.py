@@ -1,0 +1,1 @@
+"""cxr-serve: the HTTP service (FastAPI) around the model store."""

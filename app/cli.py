@@ -1,0 +1,59 @@
+"""``cxr-serve``: run the service with uvicorn, configured from CXR_* settings (flags override)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.logs import configure_logging
+from app.main import create_app
+from app.settings import Settings
+
+log = logging.getLogger("cxr.serve")
+
+
+class Server(uvicorn.Server):
+    """Turns readiness red the moment a shutdown signal arrives, before uvicorn starts draining."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        manager = getattr(getattr(app, "state", None), "manager", None)
+        if manager is not None:
+            manager.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cxr-serve", description="Serve the pneumonia model over HTTP. "
+                                     "Every setting comes from CXR_* environment variables (see README); "
+                                     "these flags override the most common ones.")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"cxr-serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+              "timeout_keep_alive": settings.timeout_keep_alive,
+              "timeout_graceful_shutdown": settings.graceful_timeout, "proxy_headers": True}
+    if settings.workers > 1:
+        # each worker builds its own app (and model) from the environment
+        uvicorn.run("app.main:create_app_from_env", factory=True, workers=settings.workers, **common)
+        return 0
+    server = Server(uvicorn.Config(create_app(settings), **common))
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

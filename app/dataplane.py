@@ -1,0 +1,119 @@
+"""The transport-neutral core: bytes -> decode -> preprocess -> batcher -> model -> result.
+
+REST routes (/predict and the v2 protocol) only parse requests and shape responses; they all call here.
+CPU work (decode, preprocess) runs in a thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.batching import BatchResult
+from app.errors import InvalidInputError, NotReadyError
+from app.metrics import Metrics
+from app.model_manager import ModelManager, ServingModel
+from app.settings import Settings
+from model_store.imaging import decode
+from model_store.preprocessing import preprocess
+
+NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
+
+
+@dataclass
+class Prediction:
+    model: ServingModel
+    probabilities: np.ndarray
+    timing_ms: dict[str, float]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.metadata.class_names
+
+    @property
+    def label(self) -> str:
+        meta = self.model.metadata
+        positive = float(self.probabilities[meta.positive_index])
+        if positive >= meta.decision_threshold:
+            return meta.positive_class
+        others = [(float(p), name) for name, p in zip(meta.class_names, self.probabilities, strict=True)
+                  if name != meta.positive_class]
+        return max(others)[1]
+
+    def as_dict(self, request_id: str) -> dict[str, object]:
+        meta = self.model.metadata
+        return {
+            "prediction": self.label,
+            "probabilities": {name: float(p) for name, p in zip(meta.class_names, self.probabilities, strict=True)},
+            "threshold": meta.decision_threshold,
+            "positive_class": meta.positive_class,
+            "model": self.model.describe(),
+            "request_id": request_id,
+            "timing_ms": self.timing_ms,
+            "notice": NOTICE,
+        }
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, manager: ModelManager, metrics: Metrics) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _prepare(self, data: bytes, model: ServingModel) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        spec = model.metadata.preprocessing
+        image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
+        x = preprocess(image, spec)
+        return x, time.perf_counter() - started
+
+    async def predict_image(self, data: bytes) -> Prediction:
+        """Encoded image bytes -> prediction with the active model."""
+        model = self.manager.current
+        loop = asyncio.get_running_loop()
+        x, decode_s = await loop.run_in_executor(self.pool, self._prepare, data, model)
+        self.metrics.stage.labels("decode", model.metadata.name).observe(decode_s)
+        return await self._infer(x, model, decode_s)
+
+    async def predict_tensor(self, x: np.ndarray, model: ServingModel | None = None) -> Prediction:
+        """An already-preprocessed (H, W, 1) float32 input (e.g. from the v2 protocol's FP32 tensors)."""
+        model = model or self.manager.current
+        if x.shape != model.input_shape:
+            raise InvalidInputError(f"tensor shape {list(x.shape)} does not match the model input "
+                                    f"{list(model.input_shape)}")
+        if not np.isfinite(x).all():
+            raise InvalidInputError("tensor contains NaN or infinite values")
+        return await self._infer(x.astype(np.float32, copy=False), model, 0.0)
+
+    async def _infer(self, x: np.ndarray, model: ServingModel, decode_s: float) -> Prediction:
+        try:
+            result: BatchResult = await model.batcher.submit(x)
+        except NotReadyError:
+            # the model was swapped by a reload between lookup and submit: run on the new one
+            current = self.manager.current
+            if current is model:
+                raise
+            model = current
+            result = await model.batcher.submit(x)
+        name = model.metadata.name
+        self.metrics.stage.labels("queue", name).observe(result.queue_s)
+        self.metrics.stage.labels("inference", name).observe(result.inference_s)
+        prediction = Prediction(model=model, probabilities=result.output, timing_ms={
+            "decode": round(decode_s * 1000, 3), "queue": round(result.queue_s * 1000, 3),
+            "inference": round(result.inference_s * 1000, 3),
+            "total": round((decode_s + result.queue_s + result.inference_s) * 1000, 3)})
+        self.metrics.predictions.labels(name, prediction.label).inc()
+        return prediction

@@ -1,0 +1,39 @@
+"""``Annotated`` dependency aliases: routes receive the objects they need, never reach for globals."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.dataplane import DataPlane
+from app.metrics import Metrics
+from app.model_manager import ModelManager
+from app.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def _request_id(request: Request) -> str:
+    return request.state.request_id
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
+ManagerDep = Annotated[ModelManager, Depends(_manager)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+RequestIdDep = Annotated[str, Depends(_request_id)]

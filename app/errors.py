@@ -1,0 +1,131 @@
+"""Domain errors and the ONE table that maps each to an HTTP status and the error body.
+
+The core (decode, preprocess, batcher, model) raises these; only this module knows about HTTP.
+Body: ``{"error": {"code": "...", "message": "...", "request_id": "..."}}``. No stack trace ever leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model_store.imaging import DecodeError, ImageTooLargeError, UnsupportedFormatError
+from model_store.preprocessing import PreprocessingError
+
+log = logging.getLogger("cxr.errors")
+
+
+class ServiceError(Exception):
+    """Base of the errors the core raises on purpose; ``code`` is the stable machine-readable name."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class UploadTooLargeError(ServiceError):
+    code, status = "upload_too_large", 413
+
+
+class InvalidInputError(ServiceError):
+    code, status = "invalid_input", 422
+
+
+class TooManyFilesError(ServiceError):
+    code, status = "too_many_files", 413
+
+
+class NotReadyError(ServiceError):
+    code, status = "not_ready", 503
+
+
+class OverloadedError(ServiceError):
+    code, status = "overloaded", 503
+
+
+class ModelNotFound(ServiceError):
+    code, status = "model_not_found", 404
+
+
+class UnauthorizedError(ServiceError):
+    code, status = "unauthorized", 401
+
+
+class InferenceError(ServiceError):
+    code, status = "inference_failed", 500
+
+
+# (exception type, HTTP status, code): first match wins, so subclasses come before their bases
+ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
+    (ImageTooLargeError, 413, "image_too_large"),
+    (UnsupportedFormatError, 415, "unsupported_format"),
+    (DecodeError, 400, "undecodable_image"),
+    (PreprocessingError, 400, "unusable_image"),
+)
+
+
+def classify(exc: Exception) -> tuple[int, str, str]:
+    """(status, code, client-safe message) for any exception."""
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.code, exc.message
+    for kind, status, code in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return status, code, str(exc)
+    return 500, "internal_error", "internal server error; the request id identifies it in the server log"
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or ""
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+def error_response(status: int, code: str, message: str, request_id: str,
+                   retry_after: float | None = None) -> JSONResponse:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception) -> JSONResponse:
+        status, code, message = classify(exc)
+        request_id = request_id_of(request)
+        if status >= 500:
+            log.error("request %s failed: %s", request_id, code, exc_info=exc)
+        else:
+            log.info("request %s rejected: %s %s: %s", request_id, status, code, message)
+        return error_response(status, code, message, request_id, getattr(exc, "retry_after", None))
+
+    app.add_exception_handler(ServiceError, any_error)  # type: ignore[arg-type]
+    for kind, _, _ in ERROR_TABLE:
+        app.add_exception_handler(kind, any_error)  # type: ignore[arg-type]
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request'}: {err.get('msg', '')}"
+            for err in exc.errors()
+        )
+        request_id = request_id_of(request)
+        log.info("request %s rejected: 422 %s", request_id, problems)
+        return error_response(422, "invalid_request", problems or "invalid request", request_id)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps errors raised while parsing the body
+            return await any_error(request, exc.__cause__)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), request_id_of(request))

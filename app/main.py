@@ -1,0 +1,72 @@
+"""``create_app(settings)``: the FastAPI application. The model loads in the background after start-up, so
+liveness answers at once and readiness says 503 (with the reason) until the model is loaded and warm."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.dataplane import DataPlane
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.model_manager import ModelManager
+from app.routes import router
+from app.settings import Settings
+
+log = logging.getLogger("cxr.app")
+
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    manager = ModelManager(settings, metrics)
+    dataplane = DataPlane(settings, manager, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = threading.Thread(target=manager.load_initial_logged, name="model-loader", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            manager.shutdown()
+            dataplane.close()
+
+    app = FastAPI(title="cxr-serve", version="0.1.0", lifespan=lifespan,
+                  description="Pneumonia screening for chest X-rays. Decision support for qualified readers; "
+                              "not a diagnosis.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.manager = manager
+    app.state.dataplane = dataplane
+    install_error_handlers(app)
+    app.include_router(router)
+
+    def body_limit(path: str) -> int:
+        files = settings.max_batch_files if path.endswith("/batch") else 1
+        return settings.max_upload_bytes * files + MULTIPART_OVERHEAD
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker runs."""
+    from app.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,171 @@
+"""The active model: loaded artifact + compiled predict function + its own batcher, swappable as a whole.
+
+Routes ask the manager for the current ``ServingModel``; a reload builds and warms a new one beside the old,
+then switches the reference (atomic in Python), then stops the old batcher, which drains what it accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.batching import BatchObserver, DynamicBatcher
+from app.errors import NotReadyError
+from app.metrics import Metrics
+from app.settings import Settings
+from model_store.artifact import LoadedArtifact, ModelMetadata, load_artifact
+from model_store.registry import ModelRegistry
+
+log = logging.getLogger("cxr.model")
+
+
+def configure_device(device: str) -> bool:
+    """Pick CPU/GPU for TensorFlow; returns True when a GPU will be used. Memory growth on every GPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "cpu":
+        if gpus:
+            tf.config.set_visible_devices([], "GPU")
+        return False
+    if device == "gpu" and not gpus:
+        raise RuntimeError("CXR_DEVICE=gpu but TensorFlow sees no GPU")
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised (second app in one process)
+            tf.config.experimental.set_memory_growth(gpu, True)
+    return bool(gpus)
+
+
+def compile_predict(model: Any) -> Any:
+    """One traced function per input shape; buckets keep the set of shapes small and fixed."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=False)
+    def run(x: tf.Tensor) -> tf.Tensor:
+        return model(x, training=False)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return run(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
+
+    predict.traced = run  # type: ignore[attr-defined]
+    return predict
+
+
+@dataclass
+class ServingModel:
+    artifact: LoadedArtifact
+    batcher: DynamicBatcher
+    version: int
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.artifact.metadata
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.metadata.preprocessing.input_shape
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.metadata.name, "version": str(self.version), "sha256": self.artifact.sha256}
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = ModelRegistry(settings.model_store)
+        self.gpu = False
+        self._current: ServingModel | None = None
+        self._reload_lock = threading.Lock()
+        self.shutting_down = False
+        self.load_error: str | None = None
+
+    # -- state -----------------------------------------------------------------------------------------
+    @property
+    def current(self) -> ServingModel:
+        """The model to serve with. Requests still arriving during a graceful shutdown are served."""
+        model = self._current
+        if model is None or not model.batcher.running:
+            raise NotReadyError(self.not_ready_reason() or "model not ready")
+        return model
+
+    def not_ready_reason(self) -> str | None:
+        if self.shutting_down:
+            return "shutting down"
+        if self.load_error is not None:
+            return f"model failed to load: {self.load_error}"
+        if self._current is None:
+            return "model loading"
+        if not self._current.batcher.running:
+            return "batcher not running"
+        return None
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def build(self, version: int | str | None) -> ServingModel:
+        """Load, compile, warm at every bucket size, and start a batcher. Does not touch the active model."""
+        number, path = self.registry.resolve(self.settings.model_name, version)
+        artifact = load_artifact(path)
+        predict = compile_predict(artifact.model)
+        batch_size = self.settings.batch_size_for(self.gpu)
+        name = artifact.metadata.name
+        observer = BatchObserver(
+            on_batch=lambda size, seconds: (self.metrics.batch_size.observe(size),
+                                            self.metrics.inference.labels(name).observe(seconds)),
+            on_queue_depth=self.metrics.queue_depth.set,
+        )
+        batcher = DynamicBatcher(predict, max_batch_size=batch_size, max_delay_s=self.settings.max_delay_ms / 1000,
+                                 queue_limit=self.settings.queue_limit, observer=observer, name=f"batcher-{number}")
+        for size in batcher.buckets:  # warm-up: trace every shape the batcher will ever send
+            out = predict(np.zeros((size, *artifact.metadata.preprocessing.input_shape), dtype=np.float32))
+            if out.shape != (size, len(artifact.metadata.class_names)):
+                raise RuntimeError(f"model output shape {out.shape} for a batch of {size} is wrong")
+        batcher.start()
+        log.info("model %s v%d ready (sha256 %s, batch buckets %s)", name, number, artifact.sha256, batcher.buckets)
+        return ServingModel(artifact=artifact, batcher=batcher, version=number)
+
+    def load_initial(self) -> None:
+        self.gpu = configure_device(self.settings.device)
+        self._activate(self.build(self.settings.model_version))
+
+    def load_initial_logged(self) -> None:
+        """Start-up load (background thread). A failure is logged once, clearly, and turns both readiness and
+        liveness red, so an orchestrator restarts the process instead of keeping a useless one."""
+        try:
+            self.load_initial()
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load, the service cannot serve predictions: %s", self.load_error)
+
+    def reload(self, version: int | str | None = None) -> ServingModel:
+        """Load ``version`` (default: latest) beside the active one, then switch. On any failure the active
+        model keeps serving and the error propagates."""
+        with self._reload_lock:
+            new = self.build(version)
+            old = self._current
+            self._activate(new)
+            if old is not None:
+                old.batcher.stop()  # drains what it accepted: requests in flight finish on the old model
+            return new
+
+    def _activate(self, model: ServingModel) -> None:
+        self._current = model
+        meta = model.metadata
+        self.metrics.model_info.info({"name": meta.name, "version": str(model.version), "sha256": model.artifact.sha256,
+                                      "input_size": str(meta.preprocessing.input_size)})
+        self.metrics.ready.set(1)
+
+    def begin_shutdown(self) -> None:
+        """Readiness goes red at once (new work is still accepted until the server stops taking it)."""
+        self.shutting_down = True
+        self.metrics.ready.set(0)
+
+    def shutdown(self) -> None:
+        """Then the batcher refuses new work and drains what it accepted."""
+        self.begin_shutdown()
+        if self._current is not None:
+            self._current.batcher.stop(timeout=self.settings.graceful_timeout)

@@ -1,0 +1,29 @@
+"""Liveness (the process answers) and readiness (a prediction would succeed now)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.dependencies import ManagerDep
+from app.schemas import Health
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model=Health, responses={503: {"model": Health}},
+            summary="The process is up and can still become ready (503 after a failed model load)")
+async def live(manager: ManagerDep) -> JSONResponse:
+    if manager.load_error is not None:
+        return JSONResponse({"status": "failed", "reason": f"model failed to load: {manager.load_error}"},
+                            status_code=503)
+    return JSONResponse({"status": "alive"})
+
+
+@router.get("/ready", response_model=Health, responses={503: {"model": Health}},
+            summary="Model loaded and warm, batcher running, not shutting down")
+async def ready(manager: ManagerDep) -> JSONResponse:
+    reason = manager.not_ready_reason()
+    if reason is not None:
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+    return JSONResponse({"status": "ready", "model": manager.current.describe()})

@@ -1,0 +1,65 @@
+"""POST /predict and POST /predict/batch: multipart uploads in, predictions out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+
+from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
+from app.errors import ServiceError, TooManyFilesError, UploadTooLargeError, classify
+from app.schemas import BatchResponse, ErrorResponse, PredictionResponse
+from app.settings import Settings
+from model_store.imaging import DecodeError
+
+log = logging.getLogger("cxr.predict")
+router = APIRouter(tags=["predict"])
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
+
+
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
+    # the body limit already stopped huge requests while streaming; this is the per-file limit
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise UploadTooLargeError(f"file exceeds the limit of {settings.max_upload_bytes} bytes")
+    if not data:
+        raise DecodeError("the uploaded file is empty (0 bytes)")
+    return data
+
+
+@router.post("/predict", response_model=PredictionResponse, responses=ERRORS,
+             summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
+async def predict(dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
+                  file: Annotated[UploadFile, File(description="the image file")]) -> dict[str, object]:
+    data = await read_upload(file, settings)
+    prediction = await dataplane.predict_image(data)
+    return prediction.as_dict(request_id)
+
+
+@router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
+             summary="Classify several X-rays; one result or one error per file, in order")
+async def predict_batch(dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
+                        files: Annotated[list[UploadFile], File(description="the image files")]) -> dict[str, object]:
+    if len(files) > settings.max_batch_files:
+        raise TooManyFilesError(f"{len(files)} files sent; at most {settings.max_batch_files} per request")
+
+    async def one(index: int, upload: UploadFile) -> dict[str, object]:
+        item_id = f"{request_id}-{index}"
+        try:
+            data = await read_upload(upload, settings)
+            prediction = await dataplane.predict_image(data)
+        except Exception as exc:  # one bad file must not fail the others
+            status, code, message = classify(exc)
+            if status >= 500:
+                log.error("request %s file %d failed: %s", request_id, index, code, exc_info=exc)
+                if isinstance(exc, ServiceError) and status == 503:
+                    raise  # overloaded / not ready: the whole request should be retried
+            return {"filename": upload.filename, "status": status,
+                    "error": {"code": code, "message": message, "request_id": item_id}}
+        return {"filename": upload.filename, "status": 200, "result": prediction.as_dict(item_id)}
+
+    results = await asyncio.gather(*(one(i, upload) for i, upload in enumerate(files)))
+    return {"request_id": request_id, "results": results}
