@@ -80,9 +80,9 @@ class DataPlane:
         x = preprocess(image, spec)
         return x, time.perf_counter() - started
 
-    async def predict_image(self, data: bytes) -> Prediction:
-        """Encoded image bytes -> prediction with the active model."""
-        model = self.manager.current
+    async def predict_image(self, data: bytes, model: ServingModel | None = None) -> Prediction:
+        """Encoded image bytes -> prediction with the active model (or the one given)."""
+        model = model or self.manager.current
         loop = asyncio.get_running_loop()
         x, decode_s = await loop.run_in_executor(self.pool, self._prepare, data, model)
         self.metrics.stage.labels("decode", model.metadata.name).observe(decode_s)

@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     def body_limit(path: str) -> int:
-        files = settings.max_batch_files if path.endswith("/batch") else 1
+        files = settings.max_batch_files if path.endswith(("/batch", "/infer")) else 1
         return settings.max_upload_bytes * files + MULTIPART_OVERHEAD
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
