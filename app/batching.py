@@ -5,22 +5,28 @@ One worker thread blocks on a queue, takes the first item, keeps collecting unti
 runs the model once and resolves each caller's future on its own event loop. A failing batch fails only its
 own requests. The queue is bounded (back-pressure instead of unbounded memory); ``stop()`` refuses new work and
 drains what is queued; a sentinel ends the loop.
+
+Waiting for more items only pays when more are on their way, so callers announce work they are still preparing
+(``with batcher.expecting():`` around decode): the worker waits up to ``max_delay_s`` while the queue is empty
+only if something is announced, and otherwise runs at once. A lone request thus never waits ``max_delay_s``,
+while under load batches still fill (items also accumulate while the previous batch runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.errors import InferenceError, NotReadyError, OverloadedError
+from app.errors import InferenceError, InvalidInputError, NotReadyError, OverloadedError
 
 log = logging.getLogger("cxr.batching")
 
@@ -66,10 +72,14 @@ class BatchObserver:
 
 class DynamicBatcher:
     def __init__(self, predict: PredictFn, *, max_batch_size: int, max_delay_s: float, queue_limit: int,
-                 observer: BatchObserver | None = None, name: str = "batcher") -> None:
+                 input_shape: tuple[int, ...] | None = None, observer: BatchObserver | None = None,
+                 name: str = "batcher") -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        # a plain attribute, read once per batch: tests and fault injection may wrap it
         self.predict = predict
+        # one input of the wrong shape would fail np.stack for the whole batch: refuse it at submit instead
+        self.input_shape = input_shape
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.queue_limit = queue_limit
@@ -77,6 +87,7 @@ class DynamicBatcher:
         self.observer = observer or BatchObserver()
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending = 0  # items accepted and not yet taken into a batch
+        self._expected = 0  # items announced by callers still preparing them
         self._lock = threading.Lock()
         self._accepting = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -94,16 +105,37 @@ class DynamicBatcher:
     def depth(self) -> int:
         return self._pending
 
+    @property
+    def expected(self) -> int:
+        return self._expected
+
     def stop(self, timeout: float | None = 30.0) -> None:
         """Refuse new work, finish everything already accepted, then end the worker."""
-        self._accepting = False
+        with self._lock:  # under the lock: every accepted item is queued before the sentinel
+            was_accepting, self._accepting = self._accepting, False
+            if was_accepting:
+                self._queue.put(_STOP)
         if self._thread.is_alive():
-            self._queue.put(_STOP)
             self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce one item the caller is still preparing (decoding), so the worker waits for it."""
+        with self._lock:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._expected -= 1
 
     # -- submitting ----------------------------------------------------------------------------------------
     def submit_nowait(self, x: np.ndarray) -> Future[BatchResult]:
         """Queue one input; returns a concurrent Future. Raises OverloadedError when the queue is full."""
+        if self.input_shape is not None and tuple(x.shape) != tuple(self.input_shape):
+            raise InvalidInputError(f"input shape {list(x.shape)} does not match the model input "
+                                    f"{list(self.input_shape)}")
+        item = _Item(x=x, future=Future())
         with self._lock:
             if not self._accepting:
                 raise NotReadyError("the service is shutting down or not started")
@@ -112,8 +144,7 @@ class DynamicBatcher:
                                       retry_after=1.0)
             self._pending += 1
             depth = self._pending
-        item = _Item(x=x, future=Future())
-        self._queue.put(item)
+            self._queue.put(item)  # unbounded queue: never blocks; the limit is _pending
         self.observer.on_queue_depth(depth)
         return item.future
 
@@ -122,7 +153,8 @@ class DynamicBatcher:
 
     # -- worker --------------------------------------------------------------------------------------------
     def _take(self) -> tuple[list[_Item], bool]:
-        """Block for the first item, then collect until full or the delay since the first has passed."""
+        """Block for the first item, then collect until full or the delay since the first has passed; stop
+        early when the queue is empty and no caller has announced more."""
         first = self._queue.get()
         if first is _STOP:
             return [], True
@@ -130,6 +162,8 @@ class DynamicBatcher:
         deadline = time.monotonic() + self.max_delay_s
         stop = False
         while len(batch) < self.max_batch_size:
+            if self._expected == 0 and self._queue.empty():
+                break
             remaining = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
@@ -150,13 +184,27 @@ class DynamicBatcher:
         while not stop:
             batch, stop = self._take()
             if batch:
-                self._run_batch(batch)
-        # drain: anything queued after the sentinel was accepted before stop(); finish it too
+                self._run_batch_safely(batch)
+        # defensive: stop() queues the sentinel after every accepted item, so nothing should be left
         leftovers = [item for item in iter_queue(self._queue) if item is not _STOP]
         for start in range(0, len(leftovers), self.max_batch_size):
-            self._run_batch(leftovers[start : start + self.max_batch_size])  # type: ignore[arg-type]
+            self._run_batch_safely(leftovers[start : start + self.max_batch_size])  # type: ignore[arg-type]
+
+    def _run_batch_safely(self, batch: list[_Item]) -> None:
+        """The worker thread must outlive any bug in a batch (or in a metrics hook): a dead worker would leave
+        every later request waiting forever."""
+        try:
+            self._run_batch(batch)
+        except Exception as exc:
+            log.exception("batcher bug while finishing a batch of %d", len(batch))
+            for item in batch:
+                _resolve(item.future, exception=InferenceError(f"internal batching error: {type(exc).__name__}"))
 
     def _run_batch(self, batch: list[_Item]) -> None:
+        # Claim each future; one cancelled meanwhile (client gone) is stale work and is dropped here.
+        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         started = time.monotonic()
         n = len(batch)
         try:
@@ -171,15 +219,22 @@ class DynamicBatcher:
             log.error("batch of %d failed: %s", n, exc, exc_info=not isinstance(exc, InferenceError))
             failure = exc if isinstance(exc, InferenceError) else InferenceError("model inference failed")
             for item in batch:
-                if not item.future.cancelled():
-                    item.future.set_exception(failure)
+                _resolve(item.future, exception=failure)
             return
         inference_s = time.monotonic() - started
-        self.observer.on_batch(n, inference_s)
         for i, item in enumerate(batch):
-            if not item.future.cancelled():
-                item.future.set_result(BatchResult(output=output[i], queue_s=started - item.enqueued,
-                                                   inference_s=inference_s, batch_size=n))
+            _resolve(item.future, BatchResult(output=output[i], queue_s=started - item.enqueued,
+                                              inference_s=inference_s, batch_size=n))
+        self.observer.on_batch(n, inference_s)
+
+
+def _resolve(future: Future[BatchResult], result: BatchResult | None = None,
+             exception: BaseException | None = None) -> None:
+    with contextlib.suppress(InvalidStateError):  # already resolved
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
 
 
 def iter_queue(q: queue.Queue[object]) -> list[object]:

@@ -31,7 +31,10 @@ def configure_device(device: str) -> bool:
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu":
         if gpus:
-            tf.config.set_visible_devices([], "GPU")
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # TensorFlow already initialised its devices (another app in this process)
+                log.warning("CXR_DEVICE=cpu, but TensorFlow was already initialised with its GPUs visible")
         return False
     if device == "gpu" and not gpus:
         raise RuntimeError("CXR_DEVICE=gpu but TensorFlow sees no GPU")
@@ -119,7 +122,8 @@ class ModelManager:
             on_queue_depth=self.metrics.queue_depth.set,
         )
         batcher = DynamicBatcher(predict, max_batch_size=batch_size, max_delay_s=self.settings.max_delay_ms / 1000,
-                                 queue_limit=self.settings.queue_limit, observer=observer, name=f"batcher-{number}")
+                                 queue_limit=self.settings.queue_limit, observer=observer, name=f"batcher-{number}",
+                                 input_shape=artifact.metadata.preprocessing.input_shape)
         for size in batcher.buckets:  # warm-up: trace every shape the batcher will ever send
             out = predict(np.zeros((size, *artifact.metadata.preprocessing.input_shape), dtype=np.float32))
             if out.shape != (size, len(artifact.metadata.class_names)):
@@ -153,6 +157,9 @@ class ModelManager:
             return new
 
     def _activate(self, model: ServingModel) -> None:
+        if self.shutting_down:  # a slow start-up load that finished after shutdown began
+            model.batcher.stop()
+            return
         self._current = model
         meta = model.metadata
         self.metrics.model_info.info({"name": meta.name, "version": str(model.version), "sha256": model.artifact.sha256,
