@@ -2,6 +2,10 @@
 
 Kept beside the preprocessing so that a model sees the same pixels whether an X-ray came from a training
 folder or from an upload (same RGB->L conversion, same EXIF handling, same reduced JPEG decoding).
+
+Serving calls :func:`decode`, which trusts the bytes, never the file name or the client's content type: the
+format is sniffed from magic bytes, only the matching Pillow plug-in may parse them, and the pixel count from
+the header is checked before any pixel is decoded (decompression bombs).
 """
 
 from __future__ import annotations
@@ -14,7 +18,99 @@ from PIL import Image, ImageOps
 
 
 class DecodeError(ValueError):
-    """The bytes are not a decodable image."""
+    """The bytes are not a decodable image (HTTP 400). Subclasses say why more precisely."""
+
+
+class UnsupportedFormatError(DecodeError):
+    """The bytes are not one of the accepted formats, or use a feature we cannot decode (HTTP 415)."""
+
+
+class ImageTooLargeError(DecodeError):
+    """The image declares more pixels than allowed (HTTP 413): refused before its pixels are decoded."""
+
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "DICOM")
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+# Formats people do send, named in the 415 message so the fix is obvious.
+_KNOWN_OTHERS: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF"), (b"RIFF", "RIFF/WebP"), (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"), (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"),
+)
+_DICOM_VRS = frozenset({
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF",
+    b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN",
+    b"UR", b"US", b"UT", b"UV",
+})
+
+
+def sniff_format(data: bytes) -> str | None:
+    """One of :data:`SUPPORTED_FORMATS` from the leading bytes, or None."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    if _looks_like_bare_dicom(data):
+        return "DICOM"
+    return None
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """A DICOM stream without the 128-byte preamble (some PACS exports): it starts with a group 0002 or
+    0008 element in little-endian order, explicit VR (two known letters) or implicit (a plausible length)."""
+    if len(data) < 8 or data[0:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    if data[4:6] in _DICOM_VRS:
+        return True
+    return int.from_bytes(data[4:8], "little") < len(data)
+
+
+def decode(data: bytes, *, min_size: int | None = None, max_pixels: int) -> np.ndarray:
+    """Untrusted upload bytes -> 2-D grayscale array (uint8, uint16, or float32 in [0, 1] for DICOM).
+
+    Raises :class:`UnsupportedFormatError`, :class:`ImageTooLargeError` or :class:`DecodeError`.
+    ``min_size``: see :func:`decode_with_pillow` (serving passes twice the model input size, as training does).
+    """
+    if not data:
+        raise DecodeError("the upload is empty")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedFormatError(_unsupported_message(data))
+    if fmt == "DICOM":
+        from model_store.dicom import decode_dicom
+
+        return decode_dicom(data, max_pixels=max_pixels)
+    try:
+        return _decode_pillow(data, min_size=min_size, max_pixels=max_pixels, formats=(fmt,))
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:  # a hostile file can make a Pillow plug-in raise almost anything
+        raise DecodeError(f"cannot decode {fmt} image: {type(exc).__name__}: {exc}") from exc
+
+
+def _unsupported_message(data: bytes) -> str:
+    accepted = ", ".join(SUPPORTED_FORMATS)
+    for magic, name in _KNOWN_OTHERS:
+        if data.startswith(magic):
+            return f"{name} files are not supported; send one of {accepted}"
+    return f"unrecognised image format (first bytes {data[:8].hex()}); send one of {accepted}"
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
+                                 f"{max_pixels:,}")
 
 
 def decode_with_pillow(data: bytes, min_size: int | None = None) -> np.ndarray:
@@ -23,12 +119,23 @@ def decode_with_pillow(data: bytes, min_size: int | None = None) -> np.ndarray:
     ``min_size``: JPEGs may be decoded at a reduced scale (1/2, 1/4, 1/8, done in the DCT domain, which
     averages like an area resize) as long as both sides stay >= min_size. Cheap for full-resolution uploads.
     """
+    return _decode_pillow(data, min_size=min_size, max_pixels=None, formats=None)
+
+
+def _decode_pillow(data: bytes, *, min_size: int | None, max_pixels: int | None,
+                   formats: tuple[str, ...] | None) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=formats) as image:
+            if max_pixels is not None:
+                check_pixel_count(*image.size, max_pixels)
             if min_size is not None and image.format == "JPEG":
                 image.draft("L", (min_size, min_size))
             return pillow_to_gray(ImageOps.exif_transpose(image))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, should ours be set higher
+        raise ImageTooLargeError(str(exc)) from exc
+    except DecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"cannot decode image: {exc}") from exc
 
 
