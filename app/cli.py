@@ -8,11 +8,10 @@ import sys
 from types import FrameType
 
 import uvicorn
-from pydantic import ValidationError
 
 from app.logs import configure_logging
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 log = logging.getLogger("cxr.serve")
 
@@ -32,14 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cxr-serve", description="Serve the pneumonia model over HTTP. "
                                      "Every setting comes from CXR_* environment variables (see README); "
                                      "these flags override the most common ones.")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--workers", type=int)
+    parser.add_argument("--host", help="overrides CXR_HOST (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="overrides CXR_PORT (default 8000)")
+    parser.add_argument("--workers", type=int, help="overrides CXR_WORKERS (default 1)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
+        settings = Settings.load(**overrides)
+    except SettingsError as exc:
         print(f"cxr-serve: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)

@@ -7,6 +7,7 @@ Body: ``{"error": {"code": "...", "message": "...", "request_id": "..."}}``. No 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -82,6 +83,13 @@ def classify(exc: Exception) -> tuple[int, str, str]:
     return 500, "internal_error", "internal server error; the request id identifies it in the server log"
 
 
+def count_error(scope: dict[str, Any], code: str) -> None:
+    """Counts an answered error in the app's metrics (``cxr_errors_total{code}``)."""
+    metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code).inc()
+
+
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "") or ""
 
@@ -91,8 +99,8 @@ def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, 
 
 
 def error_response(status: int, code: str, message: str, request_id: str,
-                   retry_after: float | None = None) -> JSONResponse:
-    headers = {"X-Request-ID": request_id} if request_id else {}
+                   retry_after: float | None = None, *, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = {**(headers or {}), **({"X-Request-ID": request_id} if request_id else {})}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after)))
     return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
@@ -103,6 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
         status, code, message = classify(exc)
         request_id = request_id_of(request)
+        count_error(request.scope, code)
         if status >= 500:
             log.error("request %s failed: %s", request_id, code, exc_info=exc)
         else:
@@ -120,6 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         )
         request_id = request_id_of(request)
+        count_error(request.scope, "invalid_request")
         log.info("request %s rejected: 422 %s", request_id, problems)
         return error_response(422, "invalid_request", problems or "invalid request", request_id)
 
@@ -128,4 +138,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps errors raised while parsing the body
             return await any_error(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), request_id_of(request))
+        count_error(request.scope, code)
+        return error_response(exc.status_code, code, str(exc.detail), request_id_of(request),
+                              headers=exc.headers)

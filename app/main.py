@@ -3,6 +3,7 @@ liveness answers at once and readiness says 503 (with the reason) until the mode
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -37,8 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            manager.shutdown()
-            dataplane.close()
+            # blocking drains, kept off the event loop so responses still in flight can be sent
+            await asyncio.to_thread(manager.shutdown)
+            await asyncio.to_thread(dataplane.close)
 
     app = FastAPI(title="cxr-serve", version="0.1.0", lifespan=lifespan,
                   description="Pneumonia screening for chest X-rays. Decision support for qualified readers; "
@@ -59,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID"])
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
+    # outermost: sees every response
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
 
 

@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from app.errors import UploadTooLargeError, error_response
+from app.errors import UploadTooLargeError, count_error, error_response
 from app.metrics import Metrics
 
 log = logging.getLogger("cxr.access")
+error_log = logging.getLogger("cxr.errors")
 
 Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]
@@ -25,11 +26,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (the client's X-Request-ID if sane), echoes it, and records metrics."""
+    """Gives every request an id (the client's X-Request-ID if sane), echoes it, records metrics, writes the
+    access log, and is where an unexpected exception ends: logged once with the request id and answered with
+    the JSON 500 body (no stack trace), instead of escaping to the server's default handler."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -39,11 +43,13 @@ class RequestContextMiddleware:
         request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
+        response_started = False
         started = time.perf_counter()
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
@@ -53,12 +59,21 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            error_log.error("request %s failed: unhandled %s", request_id, type(exc).__name__, exc_info=exc)
+            count_error(scope, "internal_error")
+            if not response_started:  # otherwise the server closes the half-sent response
+                response = error_response(500, "internal_error", "internal server error; the request id "
+                                          "identifies it in the server log", request_id)
+                await response(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.latency.labels(template, scope["method"]).observe(elapsed)
+            if self.access_log:
+                log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"], status, elapsed * 1000)
 
 
 class BodyLimitMiddleware:
@@ -80,6 +95,7 @@ class BodyLimitMiddleware:
             # answer before reading a byte of the body
             request_id = scope.get("state", {}).get("request_id", "")
             log.info("request %s rejected: 413 declared body %s > %d", request_id, declared, limit)
+            count_error(scope, too_large.code)
             response = error_response(413, too_large.code, too_large.message, request_id)
             await response(scope, receive, send)
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.registry import DEFAULT_STORE
@@ -17,31 +17,50 @@ GPU_DEFAULT_BATCH = 64
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", env_file=None, extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (each loads the model)")
+    # Each description says what a correct value looks like: it is quoted in start-up errors and the README.
+    host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 (containers)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port, 1-65535, e.g. 8000")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, 1-64 (each loads the model)")
 
-    model_store: Path = DEFAULT_STORE
-    model_name: str = "pneumonia"
-    model_version: str | None = Field(None, description="a version number; unset or 'latest' = newest")
-    device: Literal["auto", "cpu", "gpu"] = "auto"
+    model_store: Path = Field(DEFAULT_STORE, description="folder holding <name>/<version>/model.h5, e.g. "
+                              "/models; default: the model_store/ package folder (the shipped model)")
+    model_name: str = Field("pneumonia", min_length=1, description="model folder name in the store, e.g. pneumonia")
+    model_version: str | None = Field(None, description="a positive integer, e.g. 1; unset or 'latest' = newest")
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto, cpu or gpu (gpu fails if none)")
 
-    max_batch_size: int | None = Field(None, ge=1, le=1024, description="default 16 on CPU, 64 on GPU")
-    max_delay_ms: float = Field(5.0, ge=0, le=1000)
-    queue_limit: int = Field(256, ge=1, le=100_000)
-    decode_threads: int = Field(2, ge=1, le=64)
+    max_batch_size: int | None = Field(None, ge=1, le=1024, description="images per model call, 1-1024; "
+                                       "unset: 16 on CPU, 64 on GPU")
+    max_delay_ms: float = Field(5.0, ge=0, le=1000, description="ms a batch may wait for more images, 0-1000, "
+                                "e.g. 5 (only while more are on their way)")
+    queue_limit: int = Field(256, ge=1, le=100_000, description="images waiting for the model before 503 + "
+                             "Retry-After, e.g. 256")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads, "
+                                "e.g. the number of CPU cores")
 
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(50_000_000, ge=64)
-    max_batch_files: int = Field(32, ge=1, le=1024)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest file, in bytes (>= 1024), "
+                                  "e.g. 20971520 (20 MiB)")
+    max_pixels: int = Field(50_000_000, ge=64, description="largest image in pixels (width x height, >= 64), read "
+                            "from the header before decoding, e.g. 50000000")
+    max_batch_files: int = Field(32, ge=1, le=1024, description="most files in one /predict/batch request, 1-1024")
 
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated keys, "
+                                                     "each >= 16 characters; empty = no authentication")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated "
+                                                         "origins, e.g. https://viewer.example.org; empty = no CORS")
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
-    timeout_keep_alive: int = Field(5, ge=1, le=600, description="seconds an idle keep-alive connection is kept")
-    graceful_timeout: int = Field(30, ge=1, le=600, description="seconds to drain on shutdown")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="debug, info, warning "
+                                                                    "or error")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json (one object per line)")
+    access_log: bool = Field(True, description="log one line per request (with its request id): true or false")
+    timeout_keep_alive: int = Field(5, ge=1, le=600, description="seconds an idle keep-alive connection is kept, "
+                                    "1-600")
+    graceful_timeout: int = Field(30, ge=1, le=600, description="seconds to finish requests and drain the queue "
+                                  "on shutdown, 1-600")
+
+    @field_validator("log_level", "log_format", "device", mode="before")
+    @classmethod
+    def lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -74,7 +93,32 @@ class Settings(BaseSettings):
                              "(expected <store>/<name>/<version>/model.h5)")
         return self
 
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Settings from the environment (+ overrides); raises SettingsError with one line per bad value."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(explain(exc)) from None
+
     def batch_size_for(self, gpu: bool) -> int:
         if self.max_batch_size is not None:
             return self.max_batch_size
         return GPU_DEFAULT_BATCH if gpu else CPU_DEFAULT_BATCH
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names each CXR_ variable and what a correct value looks like."""
+
+
+def explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error.get("loc") else ""
+        info = Settings.model_fields.get(field)
+        name = f"CXR_{field.upper()}" if field else "configuration"
+        given = f"={error['input']!r}" if field and not isinstance(error.get("input"), dict) else ""
+        hint = f"; expected {info.description}" if info is not None and info.description else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}{given}: {message}{hint}")
+    return "\n".join(lines)
