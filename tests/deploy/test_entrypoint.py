@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -170,16 +172,40 @@ def _healthy(port: int) -> bool:
                           check=False).returncode == 0
 
 
+def _probe_paths() -> set[str]:
+    """Every path an orchestrator polls without credentials: probes and metrics scraping, in all manifests."""
+    paths = set()
+    for folder in K8S.values():
+        template = by_kind(render_kustomization(folder))["Deployment"]["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        paths |= {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+        paths.add(template["metadata"]["annotations"]["prometheus.io/path"])
+    (isvc,) = load_documents(KSERVE_FILE)
+    container = isvc["spec"]["predictor"]["containers"][0]
+    paths |= {container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
+    paths.add(isvc["metadata"]["annotations"]["prometheus.kserve.io/path"])
+    return paths
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 @pytest.mark.slow
 def test_serves_like_the_image_and_stops_cleanly_on_sigterm(image_store, tmp_path):
     require_app()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     env |= {k: v for k, v in image_env("cpu").items() if k != "PATH"}
-    # Loopback instead of the image's 0.0.0.0: a test listens on this machine only.
+    # Loopback instead of the image's 0.0.0.0: a test listens on this machine only. API keys on: probes and
+    # metrics scraping must not need one.
     env |= {"CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": str(image_store),
             "KERAS_HOME": str(tmp_path / "keras"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
-            "CXR_GRACEFUL_TIMEOUT": "10"}
+            "CXR_GRACEFUL_TIMEOUT": "10", "CXR_API_KEYS": LONG_KEY}
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(_command("cxr-serve"), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
@@ -188,6 +214,9 @@ def test_serves_like_the_image_and_stops_cleanly_on_sigterm(image_store, tmp_pat
             assert process.poll() is None, f"cxr-serve exited with {process.returncode}"
             assert time.monotonic() < deadline, "not ready within 180 s"
             time.sleep(0.5)
+        statuses = {path: _status(port, path) for path in sorted(_probe_paths())}
+        assert statuses == dict.fromkeys(statuses, 200), statuses
+        assert _status(port, "/v2/models/pneumonia/ready") == 401, "API keys were not in force"
         process.send_signal(signal.SIGTERM)
         # uvicorn (>= 0.29) re-raises the signal it caught once its graceful shutdown is done, so the process
         # ends "by SIGTERM" (Docker reports 143) unless the server swallows it; either is a clean stop as long as
