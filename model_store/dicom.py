@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing, get_decoder, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from model_store.imaging import DecodeError, UnsupportedFormatError, check_pixel_count
@@ -26,30 +26,32 @@ _COLOR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YB
 
 def decode_dicom(data: bytes, *, max_pixels: int) -> np.ndarray:
     try:
+        return _decode(data, max_pixels)
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:  # pydicom parses lazily, and it and its plug-ins raise many types for bad data
+        raise DecodeError(f"cannot decode DICOM: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(data: bytes, max_pixels: int) -> np.ndarray:
+    try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+    except InvalidDicomError as exc:
         raise DecodeError(f"cannot parse DICOM: {exc}") from exc
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise UnsupportedFormatError("the DICOM object has no pixel data (not an image)")
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DecodeError(f"DICOM image lacks valid Rows/Columns: {exc}") from exc
-    check_pixel_count(columns, rows, max_pixels)
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        raise DecodeError("the DICOM image has no Rows/Columns")
+    check_pixel_count(int(ds.Columns), int(ds.Rows), max_pixels)  # before any pixel is decoded
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     _check_decoder(ds)
-    try:
-        stored = _first_frame(ds)
-        if photometric in ("MONOCHROME1", "MONOCHROME2"):
-            return _monochrome(stored, ds, invert=photometric == "MONOCHROME1")
-        if photometric == "PALETTE COLOR":
-            return _rgb_to_gray(apply_color_lut(stored, ds), bits=16)
-        if photometric in _COLOR:
-            return _rgb_to_gray(stored, bits=int(ds.get("BitsStored", 8)))
-    except (DecodeError, MemoryError):
-        raise
-    except Exception as exc:  # pydicom and its plug-ins raise many types for damaged data
-        raise DecodeError(f"cannot decode DICOM pixel data: {type(exc).__name__}: {exc}") from exc
+    stored = _first_frame(ds)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        return _monochrome(stored, ds, invert=photometric == "MONOCHROME1")
+    if photometric == "PALETTE COLOR":
+        return _rgb_to_gray(apply_color_lut(stored, ds), bits=16)
+    if photometric in _COLOR:
+        return _rgb_to_gray(stored, bits=int(ds.get("BitsStored", 8)))
     raise UnsupportedFormatError(f"DICOM PhotometricInterpretation {photometric!r} is not supported")
 
 
@@ -82,9 +84,7 @@ def _monochrome(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:
     values = apply_modality_lut(stored, ds)
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq and voi_seq[0].get("LUTDescriptor") is not None and voi_seq[0].get("LUTData") is not None:
-        # The LUT indexes by integer value; rescaled values are floats holding integers.
-        values = apply_voi(np.rint(values).astype(np.int64), ds, 0)
-        lo, hi = 0.0, float(2 ** int(voi_seq[0].LUTDescriptor[2]) - 1)
+        values, lo, hi = _apply_voi_lut(values, voi_seq[0], ds)
     elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         values = apply_windowing(values, ds, 0)
         lo, hi = _window_output_range(ds)
@@ -98,6 +98,25 @@ def _monochrome(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:
     if invert:  # MONOCHROME1: the minimum value is displayed white
         unit = 1.0 - unit
     return unit.astype(np.float32)
+
+
+def _apply_voi_lut(values: np.ndarray, item: Dataset, ds: Dataset) -> tuple[np.ndarray, float, float]:
+    """VOI LUT Sequence item -> (mapped values, output range). Done here rather than by pydicom's
+    ``apply_voi``, which builds its index array in the LUT's output dtype and so wraps around for an 8-bit
+    LUT with more than 256 entries (e.g. 12-bit input)."""
+    entries, first_mapped, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the dataset's byte order
+        big = ds.file_meta.get("TransferSyntaxUID") == ExplicitVRBigEndian
+        lut = np.frombuffer(data, dtype=">u2" if big else "<u2")[:entries]
+    else:
+        lut = np.atleast_1d(np.asarray(data, dtype=np.float64))  # US: pydicom gives a sequence of ints
+    if lut.size < entries:
+        raise DecodeError(f"VOI LUT has {lut.size} entries; its descriptor says {entries}")
+    # rescaled values are floats holding integers; the LUT indexes by integer value
+    index = np.clip(np.rint(values).astype(np.int64) - first_mapped, 0, entries - 1)
+    return lut[index].astype(np.float64), 0.0, float(2**bits - 1)
 
 
 def _window_output_range(ds: Dataset) -> tuple[float, float]:

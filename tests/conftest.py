@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,22 @@ def xray_224_dir() -> Path:
 @pytest.fixture(scope="session")
 def fullres_dir() -> Path:
     return require_data("fullres_samples")
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/image_factory.py (importlib mode)
+
+SHIPPED_MODEL = REPO_ROOT / "model_store" / "pneumonia" / "1" / "model.h5"
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> Path:
+    """The shipped default model, which the service serves with default settings."""
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip(f"shipped model not found at {SHIPPED_MODEL} (train it: make train-default)")
+    return SHIPPED_MODEL
+
+
+@pytest.fixture(scope="session")
+def fullres_images(fullres_dir: Path) -> list[Path]:
+    """The real full-resolution uploads, NORMAL then PNEUMONIA, sorted."""
+    return sorted(p for p in fullres_dir.glob("*/*") if p.is_file())
