@@ -75,9 +75,17 @@ def test_image_command_is_a_console_script():
     _assert_defined(_entry_point(command[0]))
 
 
-def test_compose_train_command_is_a_console_script():
+def test_compose_train_command_is_a_console_script_with_those_options():
     entrypoint = compose_file()["services"]["train"]["entrypoint"]
     _assert_defined(_entry_point(entrypoint[0]))
+    # Every option the service passes is one the CLI declares (read from its source: importing it loads TF).
+    module = _entry_point(entrypoint[0]).split(":")[0]
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    declared = {node.args[0].value for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+                and node.args and isinstance(node.args[0], ast.Constant)}
+    passed = {arg for arg in entrypoint[1:] if arg.startswith("--")}
+    assert passed <= declared, f"cxr-train does not know {sorted(passed - declared)}"
 
 
 def test_cxr_serve_help_runs():
