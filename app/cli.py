@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -25,6 +28,14 @@ class Server(uvicorn.Server):
         if manager is not None:
             manager.begin_shutdown()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn re-raises a captured SIGTERM after its graceful shutdown, so the process dies "killed by
+        signal"; a completed drain is a clean exit here (status 0), which orchestrators and tests can check."""
+        with super().capture_signals():
+            yield
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
 def main(argv: list[str] | None = None) -> int:

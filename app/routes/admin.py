@@ -43,7 +43,8 @@ async def reload(manager: ManagerDep, body: ReloadRequest | None = None) -> dict
         raise ModelNotFound(f"model {previous['name']!r} has no version {version} (available: {available}); "
                             f"version {previous['version']} keeps serving") from exc
     except ArtifactError as exc:
-        raise InvalidInputError(f"refused: {exc}; version {previous['version']} keeps serving") from exc
+        reason = str(exc).replace(str(manager.registry.root), "<store>")  # no server paths to clients
+        raise InvalidInputError(f"refused: {reason}; version {previous['version']} keeps serving") from exc
     except Exception as exc:
         log.error("reload to %s failed; %s v%s keeps serving", version or "latest", previous["name"],
                   previous["version"], exc_info=exc)
