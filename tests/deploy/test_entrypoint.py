@@ -213,7 +213,9 @@ def test_serves_like_the_image_and_stops_cleanly_on_sigterm(image_store, tmp_pat
     # metrics scraping must not need one.
     env |= {"CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": str(image_store),
             "KERAS_HOME": str(tmp_path / "keras"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
-            "CXR_GRACEFUL_TIMEOUT": "10", "CXR_API_KEYS": LONG_KEY}
+            "CXR_GRACEFUL_TIMEOUT": "10", "CXR_API_KEYS": LONG_KEY,
+            # The image's user has no home (useradd --home-dir /nonexistent): nothing may need one.
+            "HOME": "/nonexistent"}
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(_command("cxr-serve"), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
