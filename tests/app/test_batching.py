@@ -60,7 +60,7 @@ def test_buckets_are_powers_of_two_up_to_the_maximum():
 
 def test_results_go_to_the_right_caller_under_concurrency():
     model = Model()
-    batcher = make(model, max_delay_s=0.002)
+    batcher = make(model, max_delay_s=0.002, queue_limit=1000)
 
     async def main() -> list[np.ndarray]:
         async def one(i: int) -> np.ndarray:
