@@ -35,7 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     CXR_MODEL_STORE=/models \
     KERAS_HOME=/tmp/keras \
     MPLCONFIGDIR=/tmp/matplotlib \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=1
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it without a runAsUser. The user owns the model
 # store and /runs (the compose train service's checkpoints), so volumes seeded from them are writable by it.
 RUN groupadd --system --gid 10001 cxr \
