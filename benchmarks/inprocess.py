@@ -1,0 +1,103 @@
+"""The in-process ceiling for the load benchmark: decode + preprocess + model calls, no HTTP, no queue.
+
+Started by ``load.py`` as a subprocess: loads the model and warms it while the servers start, prints ``ready``,
+then waits for a line on stdin (so that its timings do not compete with anything else) and prints one JSON
+document. Everything is timed in one thread, in this process, with the very code the service runs:
+``model_store.imaging.decode`` (same reduced JPEG decoding), ``preprocess`` with the artifact's spec, and the
+service's compiled ``tf.function`` padded to the same power-of-two buckets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.batching import bucket_sizes
+from app.model_manager import compile_predict
+from model_store.artifact import load_artifact
+from model_store.imaging import decode
+from model_store.preprocessing import preprocess
+from model_store.registry import ModelRegistry
+
+MAX_PIXELS = 50_000_000
+
+
+def timed_repeats(fn, repeats: int, budget_s: float) -> list[float]:
+    """Seconds per call, for at most ``repeats`` calls and about ``budget_s`` seconds (at least 3 calls)."""
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+        if len(times) >= 3 and time.perf_counter() > deadline:
+            break
+    return times
+
+
+def measure(data: bytes, spec, predict, batch_size: int, budget_s: float) -> dict[str, float]:
+    min_size = 2 * spec.input_size
+
+    def prepare() -> np.ndarray:
+        return preprocess(decode(data, min_size=min_size, max_pixels=MAX_PIXELS), spec)
+
+    x1 = prepare()[np.newaxis]
+    single = timed_repeats(lambda: predict(prepare()[np.newaxis]), 400, budget_s)
+    prep = timed_repeats(prepare, 400, budget_s / 2)
+    model1 = timed_repeats(lambda: predict(x1), 400, budget_s / 2)
+    xb = np.repeat(x1, batch_size, axis=0)
+    model_b = timed_repeats(lambda: predict(xb), 200, budget_s / 2)
+
+    def one_batch() -> None:
+        predict(np.stack([prepare() for _ in range(batch_size)]))
+
+    batches = timed_repeats(one_batch, 100, budget_s)
+    ms = 1000.0
+    return {
+        "single_ms_p50": statistics.median(single) * ms,  # decode + preprocess + model on a batch of 1
+        "single_ms_min": min(single) * ms,
+        "decode_preprocess_ms_p50": statistics.median(prep) * ms,
+        "model_batch1_ms_p50": statistics.median(model1) * ms,
+        f"model_batch{batch_size}_ms_p50": statistics.median(model_b) * ms,
+        "model_ms_per_image_at_batch": statistics.median(model_b) * ms / batch_size,
+        # sequential, one thread: decode+preprocess B images, then one model call on the B batch
+        "images_per_s": batch_size / statistics.median(batches),
+        "batches_timed": len(batches),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default="model_store")
+    parser.add_argument("--name", default="pneumonia")
+    parser.add_argument("--version")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--budget-s", type=float, default=3.0, help="seconds per measurement (bounded)")
+    parser.add_argument("uploads", nargs="+", help="LABEL=PATH of each upload to time")
+    args = parser.parse_args()
+    _, path = ModelRegistry(args.store).resolve(args.name, args.version)
+    artifact = load_artifact(path)
+    spec = artifact.metadata.preprocessing
+    predict = compile_predict(artifact.model)
+    for size in bucket_sizes(args.max_batch_size):
+        predict(np.zeros((size, *spec.input_shape), dtype=np.float32))
+    uploads = {label: Path(file).read_bytes() for label, file in (item.split("=", 1) for item in args.uploads)}
+    print("ready", flush=True)
+    if not sys.stdin.readline():  # the driver went away
+        return
+    results = {label: measure(data, spec, predict, args.max_batch_size, args.budget_s)
+               for label, data in uploads.items()}
+    print(json.dumps({"input_size": spec.input_size, "batch_size": args.max_batch_size, "uploads": results}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
