@@ -1,0 +1,90 @@
+"""Running the real app in tests: behind a real uvicorn server on a free loopback port (in a thread), or
+in-process through httpx's ASGI transport with the lifespan run; plus the in-process reference prediction.
+
+Importable from any test (tests/conftest.py puts this folder on sys.path). Fixtures live in tests/app/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+from model_store.artifact import LoadedArtifact
+from model_store.imaging import decode
+from model_store.preprocessing import preprocess
+
+MiB = 1024 * 1024
+# Small limits so the limit tests send little; everything else is the default configuration.
+SERVER_SETTINGS = {"max_upload_bytes": 2 * MiB, "max_batch_files": 8, "access_log": False}
+
+
+@dataclass
+class Running:
+    app: FastAPI
+    url: str
+    client: httpx.Client
+
+
+def wait_ready(app: FastAPI, timeout: float = 120.0) -> None:
+    manager = app.state.manager
+    deadline = time.monotonic() + timeout
+    while manager.not_ready_reason() is not None:
+        if manager.load_error is not None:
+            raise RuntimeError(f"model failed to load: {manager.load_error}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout}s: {manager.not_ready_reason()}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[Running]:
+    """uvicorn in a thread on a pre-bound free loopback port: real HTTP, real multipart, real streaming."""
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        wait_ready(app)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield Running(app, url, client)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@asynccontextmanager
+async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Runs the app's lifespan in this event loop, waits for the model, and gives an in-process client."""
+    async with app.router.lifespan_context(app):
+        await asyncio.to_thread(wait_ready, app)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cxr") as client:
+            yield client
+
+
+def reference_probabilities(artifact: LoadedArtifact, data: list[bytes]) -> np.ndarray:
+    """``model(preprocess(decode(bytes)))`` with the artifact's own spec: what the API must answer."""
+    spec = artifact.metadata.preprocessing
+    batch = np.stack([preprocess(decode(d, min_size=2 * spec.input_size, max_pixels=50_000_000), spec)
+                      for d in data])
+    return np.asarray(artifact.model(batch, training=False))
