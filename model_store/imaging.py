@@ -14,7 +14,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class DecodeError(ValueError):
@@ -135,6 +135,9 @@ def _decode_pillow(data: bytes, *, min_size: int | None, max_pixels: int | None,
         raise ImageTooLargeError(str(exc)) from exc
     except DecodeError:
         raise
+    except UnidentifiedImageError as exc:  # its message holds the stream's repr (a memory address)
+        kind = formats[0] if formats else "image"
+        raise DecodeError(f"cannot decode image: not a valid {kind} file (damaged header)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"cannot decode image: {exc}") from exc
 
