@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from app.batching import BatchObserver, DynamicBatcher
+from app.batching import BatchObserver, DynamicBatcher, bucket_sizes
 from app.errors import NotReadyError
 from app.metrics import Metrics
 from app.settings import Settings
@@ -44,16 +44,24 @@ def configure_device(device: str) -> bool:
     return bool(gpus)
 
 
-def compile_predict(model: Any) -> Any:
-    """One traced function per input shape; buckets keep the set of shapes small and fixed."""
+def compile_predict(model: Any, input_shape: tuple[int, ...], buckets: list[int]) -> Any:
+    """One concrete (traced) function per bucket batch size, all traced here, up front. Calling a concrete
+    function can never retrace, so a batch that is not a bucket size is an error rather than a silent, slow
+    retrace (and TensorFlow's "excessive retracing" warning never fires at start-up)."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=False)
+    @tf.function
     def run(x: tf.Tensor) -> tf.Tensor:
         return model(x, training=False)
 
+    concrete = {size: run.get_concrete_function(tf.TensorSpec((size, *input_shape), tf.float32))
+                for size in buckets}
+
     def predict(batch: np.ndarray) -> np.ndarray:
-        return run(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
+        function = concrete.get(batch.shape[0])
+        if function is None:
+            raise ValueError(f"batch of {batch.shape[0]} is not one of the compiled sizes {buckets}")
+        return function(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
 
     predict.traced = run  # type: ignore[attr-defined]
     return predict
@@ -113,8 +121,9 @@ class ModelManager:
         """Load, compile, warm at every bucket size, and start a batcher. Does not touch the active model."""
         number, path = self.registry.resolve(self.settings.model_name, version)
         artifact = load_artifact(path)
-        predict = compile_predict(artifact.model)
         batch_size = self.settings.batch_size_for(self.gpu)
+        predict = compile_predict(artifact.model, artifact.metadata.preprocessing.input_shape,
+                                  bucket_sizes(batch_size))
         name = artifact.metadata.name
         observer = BatchObserver(
             on_batch=lambda size, seconds: (self.metrics.batch_size.observe(size),
@@ -124,7 +133,7 @@ class ModelManager:
         batcher = DynamicBatcher(predict, max_batch_size=batch_size, max_delay_s=self.settings.max_delay_ms / 1000,
                                  queue_limit=self.settings.queue_limit, observer=observer, name=f"batcher-{number}",
                                  input_shape=artifact.metadata.preprocessing.input_shape)
-        for size in batcher.buckets:  # warm-up: trace every shape the batcher will ever send
+        for size in batcher.buckets:  # warm-up: run every shape the batcher will ever send
             out = predict(np.zeros((size, *artifact.metadata.preprocessing.input_shape), dtype=np.float32))
             if out.shape != (size, len(artifact.metadata.class_names)):
                 raise RuntimeError(f"model output shape {out.shape} for a batch of {size} is wrong")
