@@ -20,7 +20,7 @@ from app.metrics import Metrics
 from app.model_manager import ModelManager, ServingModel
 from app.settings import Settings
 from model_store.imaging import decode
-from model_store.preprocessing import preprocess
+from model_store.preprocessing import PreprocessingError, preprocess
 
 NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
 
@@ -59,6 +59,17 @@ class Prediction:
         }
 
 
+def check_shape(image: np.ndarray, min_side: int, max_aspect: float) -> None:
+    """Refuse what cannot be a radiograph before it is stretched to the model input: a 1x1 pixel or a strip
+    would otherwise get a confident, meaningless prediction."""
+    height, width = image.shape[:2]
+    if min(height, width) < min_side:
+        raise PreprocessingError(f"image is {width}x{height} pixels; each side must be at least {min_side}")
+    if max(height, width) / min(height, width) > max_aspect:
+        raise PreprocessingError(f"image is {width}x{height} pixels, an aspect ratio over {max_aspect:g}:1; "
+                                 "send the whole radiograph")
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -77,6 +88,7 @@ class DataPlane:
         started = time.perf_counter()
         spec = model.metadata.preprocessing
         image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
+        check_shape(image, self.settings.min_image_side, self.settings.max_aspect_ratio)
         x = preprocess(image, spec)
         return x, time.perf_counter() - started
 

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(50_000_000, ge=64, description="largest image in pixels (width x height, >= 64), read "
                             "from the header before decoding, e.g. 50000000")
     max_batch_files: int = Field(32, ge=1, le=1024, description="most files in one /predict/batch request, 1-1024")
+    min_image_side: int = Field(32, ge=1, le=4096, description="shortest image side accepted, in pixels, 1-4096, "
+                                "e.g. 32 (a 1x1 upload is not a radiograph)")
+    max_aspect_ratio: float = Field(4.0, ge=1.0, le=1000.0, description="longest / shortest side accepted, 1-1000, "
+                                    "e.g. 4 (real chest films are under 3)")
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated keys, "
                                                      "each >= 16 characters; empty = no authentication")
