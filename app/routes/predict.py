@@ -6,10 +6,10 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 
 from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
-from app.errors import ServiceError, TooManyFilesError, UploadTooLargeError, classify
+from app.errors import InvalidInputError, ServiceError, TooManyFilesError, UploadTooLargeError, classify
 from app.schemas import BatchResponse, ErrorResponse, PredictionResponse
 from app.settings import Settings
 from model_store.imaging import DecodeError
@@ -32,8 +32,10 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
 
 @router.post("/predict", response_model=PredictionResponse, responses=ERRORS,
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
-async def predict(dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
+async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                   file: Annotated[UploadFile, File(description="the image file")]) -> dict[str, object]:
+    if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
+        raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
     data = await read_upload(file, settings)
     prediction = await dataplane.predict_image(data)
     return prediction.as_dict(request_id)
