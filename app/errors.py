@@ -137,7 +137,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps errors raised while parsing the body
             return await any_error(request, exc.__cause__)
-        code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(exc.status_code, "http_error")
+        # FastAPI answers 400 only when it cannot parse the body (multipart over its part caps, broken JSON)
+        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed",
+                413: "upload_too_large"}.get(exc.status_code, "http_error")
         count_error(request.scope, code)
         return error_response(exc.status_code, code, str(exc.detail), request_id_of(request),
                               headers=exc.headers)
