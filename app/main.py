@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.formparsers import MultiPartParser
 
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
@@ -27,6 +28,9 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Starlette spools multipart files over 1 MiB to a temporary file: X-ray uploads must never reach the disk,
+    # so every file up to the upload limit stays in memory (the body limit bounds it per request).
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes + 1)
     metrics = Metrics()
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
