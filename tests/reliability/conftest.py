@@ -54,7 +54,7 @@ def running_app(**settings: Any) -> Iterator[TestClient]:
     from app.settings import Settings
 
     require_shipped_model()
-    app = create_app(Settings(model_store=SHIPPED_STORE, **settings))
+    app = create_app(Settings(**{"model_store": SHIPPED_STORE, **settings}))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
         yield client
