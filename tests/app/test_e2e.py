@@ -1,0 +1,76 @@
+"""The console script as a real process: start on a free loopback port, predict over HTTP, SIGTERM, clean exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def command() -> list[str]:
+    script = Path(sys.executable).parent / "cxr-serve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+
+
+def test_cxr_serve_process_serves_and_exits_cleanly_on_sigterm(shipped_model, fullres_images, tmp_path):
+    port = free_port()
+    env = {**os.environ, "CXR_PORT": str(port), "CXR_HOST": "127.0.0.1", "CXR_LOG_FORMAT": "json",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("CXR_MODEL_STORE", None)  # the default store: the shipped model
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"cxr-serve exited early:\n{log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+        with httpx.Client(base_url=url, timeout=30) as client:
+            film = fullres_images[-1]
+            response = client.post("/predict", files={"file": (film.name, film.read_bytes())},
+                                   headers={"X-Request-ID": "e2e-1"})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["request_id"] == "e2e-1" and body["model"]["version"] == "1"
+            assert body["prediction"] in ("NORMAL", "PNEUMONIA")
+            batch = client.post("/predict/batch", files=[("files", (p.name, p.read_bytes()))
+                                                         for p in fullres_images[:4]])
+            assert [r["status"] for r in batch.json()["results"]] == [200] * 4
+            assert "cxr_http_requests_total" in client.get("/metrics").text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    output = log_path.read_text()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(r.get("message", "").startswith("e2e-1 POST /predict 200") for r in records), output[-2000:]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
