@@ -15,7 +15,7 @@ class Timing(BaseModel):
     decode: float = Field(description="decode + preprocess, ms")
     queue: float = Field(description="waiting for a batch, ms")
     inference: float = Field(description="the batched model call, ms")
-    total: float
+    total: float = Field(description="wall time in the service core (includes any wait for a decode thread), ms")
 
 
 class PredictionResponse(BaseModel):
