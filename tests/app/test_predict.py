@@ -81,10 +81,24 @@ def test_api_equals_the_in_process_model_on_real_full_resolution_uploads(server,
 def test_concurrent_requests_each_get_their_own_answer(server, reference, fullres_images, class_names):
     uploads = [p.read_bytes() for p in fullres_images] * 2
     expected = reference_probabilities(reference, uploads)
+    calls_before, images_before = model_calls(server)
     with ThreadPoolExecutor(16) as pool:
         bodies = list(pool.map(lambda d: predict(server, d), uploads))
     for body, want in zip(bodies, expected, strict=True):
         np.testing.assert_allclose(probabilities(body, class_names), want, atol=TOL)
+    calls, images = model_calls(server)
+    assert images - images_before == len(uploads)
+    assert calls - calls_before < len(uploads), "concurrent requests should share model calls"
+
+
+def model_calls(server: Running) -> tuple[float, float]:
+    """(model calls, images) so far, from the batch size histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    family = next(f for f in text_string_to_metric_families(server.client.get("/metrics").text)
+                  if f.name == "cxr_batch_size")
+    values = {s.name: s.value for s in family.samples}
+    return values["cxr_batch_size_count"], values["cxr_batch_size_sum"]
 
 
 def test_the_compiled_function_never_retraces_after_warm_up(server):
