@@ -199,7 +199,12 @@ def test_503_overloaded_with_retry_after_then_recovers(shipped_model, png):
             assert [(await r).status_code for r in (running, waiting)] == [200, 200]
             assert (await client.post("/predict", files={"file": ("x.png", png)})).status_code == 200
         # after the lifespan ends (shutdown): not ready, and no new work
-        assert app.state.manager.not_ready_reason() == "shutting down"
+        import httpx
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cxr") as client:
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
+            assert_error(await client.post("/predict", files={"file": ("x.png", png)}), 503, "not_ready")
 
     asyncio.run(scenario())
 
