@@ -151,8 +151,10 @@ class ModelManager:
         try:
             self.load_initial()
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load, the service cannot serve predictions: %s", self.load_error)
+            detail = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load, the service cannot serve predictions: %s", detail)
+            # the probes and 503 bodies are open to clients: the log has the path, they get it store-relative
+            self.load_error = detail.replace(str(self.registry.root), "<model store>")
 
     def reload(self, version: int | str | None = None) -> ServingModel:
         """Load ``version`` (default: latest) beside the active one, then switch. On any failure the active
