@@ -112,7 +112,9 @@ def install_error_handlers(app: FastAPI) -> None:
         status, code, message = classify(exc)
         request_id = request_id_of(request)
         count_error(request.scope, code)
-        if status >= 500:
+        if status == 503:  # not ready / overloaded: expected states; a traceback per shed request floods the log
+            log.warning("request %s refused: 503 %s: %s", request_id, code, message)
+        elif status >= 500:
             log.error("request %s failed: %s", request_id, code, exc_info=exc)
         else:
             log.info("request %s rejected: %s %s: %s", request_id, status, code, message)
