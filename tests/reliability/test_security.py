@@ -74,7 +74,7 @@ def pickled_payload_model_file(path) -> None:
 
 
 CRAFTED = {
-    "lambda layer": lambda path, marker: lambda_model_file(path, marker),
+    "lambda layer": lambda_model_file,
     "custom registered layer": lambda path, marker: custom_object_model_file(path),
     "pickled payload dataset": lambda path, marker: pickled_payload_model_file(path),
 }
@@ -187,7 +187,7 @@ def test_probes_and_metrics_stay_open(keyed_app, path):
 
 
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
-    import app.security as security
+    from app import security
 
     calls = []
     real = security.hmac.compare_digest
@@ -243,7 +243,7 @@ def test_unexpected_exception_gives_a_bare_500(client, monkeypatch):
 
     monkeypatch.setattr(dataplane, "predict_image", broken)
     response = client.post("/predict", files={"file": ("x.png", hostile.png(), "image/png")})
-    error = assert_error(response, 500, "internal_error")
+    assert_error(response, 500, "internal_error")
     assert "hunter2" not in response.text and "/srv" not in response.text and "KeyError" not in response.text
     monkeypatch.undo()
     assert_ready(client)
