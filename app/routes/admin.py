@@ -32,7 +32,7 @@ class ReloadFailedError(ServiceError):
 
 
 @router.post("/reload", response_model=ReloadResponse,
-             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
+             responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 422, 500, 503)})
 async def reload(manager: ManagerDep, body: ReloadRequest | None = None) -> dict[str, object]:
     previous = manager.current.describe()
     version = body.version if body else None

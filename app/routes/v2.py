@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from app.dataplane import DataPlane, Prediction
 from app.errors import ModelNotFound, ServiceError, classify
 from app.model_manager import ModelManager, ServingModel
+from app.schemas import ErrorDetail
 
 log = logging.getLogger("cxr.v2")
 TAGS: list[str | Enum] = ["v2 (Open Inference Protocol)"]
@@ -35,6 +37,17 @@ IMAGE_INPUT, TENSOR_INPUT = "image", "input"
 PROBABILITIES, LABEL = "probabilities", "label"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_VERSION = "0.1.0"
+
+
+class V2ErrorBody(BaseModel):
+    """Errors raised inside the v2 routes are ``{"error": "..."}`` (the protocol's shape); a missing API key and
+    an oversized body are refused before them, in the service's own shape."""
+
+    error: str | ErrorDetail
+
+
+V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2ErrorBody} for status in (400, 401, 404, 413, 415, 500, 503)}
 
 
 class V2Error(ServiceError):
@@ -74,13 +87,13 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "cxr-serve", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
 
 
-@open_router.get("/health/live", summary="Server live")
+@open_router.get("/health/live", summary="Server live", responses={503: {"description": "model failed to load"}})
 async def server_live(request: Request) -> JSONResponse:
     live = _manager(request).load_error is None
     return JSONResponse({"live": live}, status_code=200 if live else 503)
 
 
-@open_router.get("/health/ready", summary="Server ready")
+@open_router.get("/health/ready", summary="Server ready", responses={503: {"description": "not ready"}})
 async def server_ready(request: Request) -> JSONResponse:
     ready = _manager(request).not_ready_reason() is None
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -102,8 +115,8 @@ def model_metadata(model: ServingModel) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (pinned version)")
+@router.get("/models/{name}", summary="Model metadata", responses=V2_ERRORS)
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (pinned version)", responses=V2_ERRORS)
 async def get_model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
     try:
         return JSONResponse(model_metadata(_serving(request, name, version)))
@@ -111,8 +124,8 @@ async def get_model_metadata(request: Request, name: str, version: str | None = 
         return v2_error(exc, request)
 
 
-@router.get("/models/{name}/ready", summary="Model ready")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model ready (pinned version)")
+@router.get("/models/{name}/ready", summary="Model ready", responses=V2_ERRORS)
+@router.get("/models/{name}/versions/{version}/ready", summary="Model ready (pinned version)", responses=V2_ERRORS)
 async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
     try:
         model = _serving(request, name, version)
@@ -130,9 +143,9 @@ INFER_DOC = {"requestBody": {"content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}, "required": True}}
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_DOC)
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_DOC, responses=V2_ERRORS)
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (pinned version)",
-             openapi_extra=INFER_DOC)
+             openapi_extra=INFER_DOC, responses=V2_ERRORS)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     try:
         model = _serving(request, name, version)
