@@ -1,0 +1,72 @@
+"""Schemathesis against the service's own OpenAPI document (/openapi.json), in process, on the shared app with
+the real model: generated requests (valid and invalid) for every operation; no 5xx, and every response
+conforms to the document (status code, content type, headers, body schema). Bounded:
+``CXR_SCHEMATHESIS_EXAMPLES`` examples per operation (default 25)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import schemathesis
+from conftest import assert_ready
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.main import create_app
+
+EXAMPLES = int(os.environ.get("CXR_SCHEMATHESIS_EXAMPLES", "25"))
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+
+
+class Served:
+    """Where generated requests go. At import (when schemathesis reads /openapi.json) a bare app without a
+    model will do; for the tests the fixture points it at the shared, ready app."""
+
+    app: Any = None
+
+
+async def without_lifespan(scope: dict, receive: Any, send: Any) -> None:
+    """The served app minus its lifespan: the session fixture runs that (model loaded, batcher started), and
+    schemathesis would otherwise start and stop it around every operation."""
+    if scope["type"] != "lifespan":
+        await Served.app(scope, receive, send)
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+Served.app = create_app()
+schema = schemathesis.openapi.from_asgi("/openapi.json", without_lifespan)
+
+
+@pytest.fixture(autouse=True)
+def served(client):
+    Served.app = client.app
+    yield
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+def test_api_conforms_to_its_own_openapi_document(case):
+    response = case.call()
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_still_ready_after_the_generated_traffic(client):
+    assert_ready(client)
