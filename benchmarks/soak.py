@@ -152,12 +152,15 @@ class Outcome:
 
 
 async def drive(url: str, kinds: list[Kind], n: int, *, concurrency: int, deadline: float, seed: int,
-                on_progress: object = None) -> list[Outcome]:
+                keepalive_expiry: float = 2.0, on_progress: object = None) -> list[Outcome]:
     rng = random.Random(seed)
     plan = rng.choices(kinds, weights=[k.weight for k in kinds], k=n)
     outcomes: list[Outcome] = []
     next_index = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # A pooled connection must expire on the client before the server's keep-alive timeout (CXR_TIMEOUT_KEEP_ALIVE,
+    # 5 s by default) closes it: with equal timeouts, a request written just as the server hangs up is reset.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                          keepalive_expiry=keepalive_expiry)
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
