@@ -3,8 +3,8 @@
 Started by ``load.py`` as a subprocess: loads the model and warms it while the servers start, prints ``ready``,
 then waits for a line on stdin (so that its timings do not compete with anything else) and prints one JSON
 document. Everything is timed in one thread, in this process, with the very code the service runs:
-``model_store.imaging.decode`` (same reduced JPEG decoding), ``preprocess`` with the artifact's spec, and the
-service's compiled ``tf.function`` padded to the same power-of-two buckets.
+``model_store.imaging.decode`` (same reduced JPEG decoding), ``preprocess`` with the artifact's spec, and the model
+compiled and padded to power-of-two buckets as the service does (``model_runner.py``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.batching import bucket_sizes
-from app.model_manager import compile_predict
-from model_store.artifact import load_artifact
+from benchmarks.model_runner import load_runnable
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
-from model_store.registry import ModelRegistry
 
 MAX_PIXELS = 50_000_000
 
@@ -83,12 +80,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=3.0, help="seconds per measurement (bounded)")
     parser.add_argument("uploads", nargs="+", help="LABEL=PATH of each upload to time")
     args = parser.parse_args()
-    _, path = ModelRegistry(args.store).resolve(args.name, args.version)
-    artifact = load_artifact(path)
-    spec = artifact.metadata.preprocessing
-    predict = compile_predict(artifact.model)
-    for size in bucket_sizes(args.max_batch_size):
-        predict(np.zeros((size, *spec.input_shape), dtype=np.float32))
+    model = load_runnable(args.store, args.name, args.version, args.max_batch_size)
+    spec, predict = model.spec, model.predict
     uploads = {label: Path(file).read_bytes() for label, file in (item.split("=", 1) for item in args.uploads)}
     print("ready", flush=True)
     if not sys.stdin.readline():  # the driver went away

@@ -1,10 +1,11 @@
 """The same model served by LitServe (for the load benchmark's comparison). Not part of the service.
 
 Fairness: the same artifact, the same decoder (``model_store.imaging.decode`` with the same reduced JPEG
-decoding), the same ``preprocess``, the same compiled ``tf.function`` padded to the same power-of-two buckets
-and warmed at every bucket, the same max batch size and batch timeout, one inference worker and one API server
-(LitServe's default for one worker), uvicorn underneath as in ours. What differs is only the serving machinery:
-LitServe's HTTP layer, its queue between processes and its batching loop (which decodes in the worker).
+decoding), the same ``preprocess``, the model compiled and padded to power-of-two buckets as the service does
+(``model_runner.py``) and warmed at every bucket, the same max batch size and batch timeout, one inference
+worker and one API server (LitServe's default for one worker), uvicorn underneath as in ours. What differs is
+only the serving machinery: LitServe's HTTP layer, its queue between processes and its batching loop (which
+decodes in the worker).
 
 Run: ``python benchmarks/litserve_server.py --port 8001 --store model_store --max-batch-size 16 --delay-ms 5``.
 Every batch is counted in the file given by ``--stats`` ("batches images"), for the mean batch size.
@@ -21,12 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import litserve as ls
 
-from app.batching import bucket_for, bucket_sizes
-from app.model_manager import compile_predict
-from model_store.artifact import load_artifact
+from benchmarks.model_runner import load_runnable
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
-from model_store.registry import ModelRegistry
 
 MAX_PIXELS = 50_000_000  # the service's default CXR_MAX_PIXELS
 
@@ -38,14 +36,8 @@ class CxrLitAPI(ls.LitAPI):
         self.batches = self.images = 0
 
     def setup(self, device: str) -> None:
-        _, path = ModelRegistry(self.store).resolve(self.name, self.version)
-        artifact = load_artifact(path)
-        self.spec = artifact.metadata.preprocessing
-        self.class_names = artifact.metadata.class_names
-        self.run_model = compile_predict(artifact.model)
-        self.buckets = bucket_sizes(self.max_batch_size)
-        for size in self.buckets:  # warm every shape, as the service does
-            self.run_model(np.zeros((size, *self.spec.input_shape), dtype=np.float32))
+        self.model = load_runnable(self.store, self.name, self.version, self.max_batch_size)
+        self.spec = self.model.spec
 
     def decode_request(self, request):
         # LitServe picks how to parse the body from this annotation; none means "the Request's form/JSON"
@@ -57,13 +49,9 @@ class CxrLitAPI(ls.LitAPI):
         return np.stack(inputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        padded = bucket_for(n, self.buckets)
-        if padded > n:
-            x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
-        out = self.run_model(x)[:n]
+        out = self.model.predict(x)
         self.batches += 1
-        self.images += n
+        self.images += len(x)
         if self.stats_path:
             Path(self.stats_path).write_text(f"{self.batches} {self.images}\n")
         return out
@@ -72,7 +60,7 @@ class CxrLitAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, output: np.ndarray) -> dict[str, Any]:
-        return {"probabilities": {name: float(p) for name, p in zip(self.class_names, output, strict=True)}}
+        return {"probabilities": {name: float(p) for name, p in zip(self.model.class_names, output, strict=True)}}
 
 
 def main() -> None:

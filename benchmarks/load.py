@@ -1,11 +1,11 @@
 """Load benchmark for cxr-serve: the service against its ceilings and against LitServe, in one run.
 
 Starts every server as its own process on a free loopback port (the service, the service with batching off,
-the HTTP ceiling in ``http_ceiling.py``, the same model under LitServe in ``litserve_server.py``, and optionally
-the service with a 224x224-input model, batching on and off), times the in-process ceiling (``inprocess.py``),
-then drives each server with ``wrk`` (a C load generator, one thread) posting a prebuilt multipart body, for
-each upload (a 224x224 JPEG and a full-resolution JPEG) and each concurrency. The servers take turns at every
-(upload, concurrency) point, so slow drifts of this shared machine hit them alike: ratios are the point.
+the HTTP ceiling in ``http_ceiling.py``, the same model under LitServe in ``litserve_server.py``), times the
+in-process ceiling (``inprocess.py``), then drives each server with ``wrk`` (a C load generator, one thread)
+posting a prebuilt multipart body, for each upload (a 224x224 JPEG and a full-resolution JPEG) and each
+concurrency. The servers take turns at every (upload, concurrency) point, the others frozen (SIGSTOP) meanwhile,
+so slow drifts of this shared machine hit them alike: ratios are the point.
 
 Usage: ``python benchmarks/load.py --out results.json`` (about 10 minutes), ``--quick`` (well under a minute).
 See benchmarks/README.md for what each number means.
@@ -18,248 +18,19 @@ import contextlib
 import json
 import os
 import platform
-import re
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-LUA = BENCH / "wrk_upload.lua"
-BOUNDARY = "cxrbenchboundary7d3f9a"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-# -- uploads -------------------------------------------------------------------------------------------------
-@dataclass
-class Upload:
-    label: str
-    path: Path
-    body: Path  # the multipart body wrk posts
-    size: tuple[int, int]
-
-
-def pick_uploads(data_dir: Path, small: str | None, fullres: str | None) -> list[tuple[str, Path]]:
-    """A 224x224 JPEG (the first of chest_xray_224/train, sorted) and the largest full-resolution sample by
-    pixel count (the conservative case), unless given explicitly."""
-    from PIL import Image
-
-    if small is None:
-        candidates = sorted((data_dir / "chest_xray_224" / "train").glob("*/*.jpeg"))
-        if not candidates:
-            sys.exit(f"no JPEG under {data_dir}/chest_xray_224/train (give --data or $CXR_DATA_DIR)")
-        small = str(candidates[0])
-    if fullres is None:
-        candidates = sorted((data_dir / "fullres_samples").glob("*/*.jpeg"))
-        if not candidates:
-            sys.exit(f"no JPEG under {data_dir}/fullres_samples (give --data or $CXR_DATA_DIR)")
-
-        def pixels(path: Path) -> int:
-            with Image.open(path) as image:
-                return image.size[0] * image.size[1]
-
-        fullres = str(max(candidates, key=pixels))
-    return [("224x224", Path(small)), ("full-res", Path(fullres))]
-
-
-def make_upload(label: str, path: Path, workdir: Path) -> Upload:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        size = image.size
-    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n").encode()
-    body = workdir / f"body-{label}.bin"
-    body.write_bytes(head + path.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode())
-    return Upload(label, path, body, size)
-
-
-# -- processes -----------------------------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User+system CPU seconds of a process and all its live descendants (from /proc)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo.extend(child for child, parent in parents.items() if parent == pid)
-    return total
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    ready_path: str
-    log: Path
-    batch_stats: str = "none"  # "metrics" (Prometheus cxr_batch_size), "file" (LitServe API's counter file)
-    stats_file: Path | None = None
-    uploads: tuple[str, ...] = ("224x224", "full-res")
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> None:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def poll_ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready:\n{tail}")
-        try:
-            return http_get(self.url(self.ready_path), timeout=2)[0] == 200
-        except OSError:
-            return False
-
-    def batch_counters(self) -> tuple[float, float] | None:
-        """(images, batches) so far, or None where the server does not count batches."""
-        if self.batch_stats == "metrics":
-            text = http_get(self.url("/metrics"))[1]
-            found = {m[0]: float(m[1]) for m in re.findall(r"^cxr_batch_size_(sum|count) (\S+)$", text, re.M)}
-            return (found["sum"], found["count"]) if len(found) == 2 else None
-        if self.batch_stats == "file" and self.stats_file is not None:
-            if not self.stats_file.exists():
-                return (0.0, 0.0)
-            batches, images = self.stats_file.read_text().split()
-            return (float(images), float(batches))
-        return None
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)  # our own session: the server and its workers
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.signal(signal.SIGCONT)
-        os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: the server and its workers
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        # LitServe's workers may outlive their parent for a moment
-        time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def build_servers(args: argparse.Namespace, workdir: Path) -> list[Server]:
-    python = sys.executable
-    serve = Path(python).with_name("cxr-serve")
-    serve_argv = [str(serve)] if serve.exists() else [python, "-m", "app.cli"]
-    base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-    def service_env(port: int, batch: int, store: str, version: str | None) -> dict[str, str]:
-        env = {**base_env, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": store,
-               "CXR_MODEL_NAME": args.model_name, "CXR_MAX_BATCH_SIZE": str(batch),
-               "CXR_MAX_DELAY_MS": str(args.delay_ms), "CXR_LOG_LEVEL": "warning", "CXR_GRACEFUL_TIMEOUT": "5"}
-        if version:
-            env["CXR_MODEL_VERSION"] = version
-        else:
-            env.pop("CXR_MODEL_VERSION", None)
-        return env
-
-    wanted = args.targets.split(",")
-    if args.model_224:
-        wanted += ["service-224model", "nobatch-224model"]
-    ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
-    servers = []
-    for name in wanted:
-        port, log = ports[name], workdir / f"{name}.log"
-        if name in ("service", "nobatch"):
-            batch = args.max_batch_size if name == "service" else 1
-            servers.append(Server(name, serve_argv, service_env(port, batch, args.model_store, args.model_version),
-                                  port, "/health/ready", log, batch_stats="metrics"))
-        elif name in ("service-224model", "nobatch-224model"):
-            batch = args.max_batch_size if name.startswith("service") else 1
-            servers.append(Server(name, serve_argv, service_env(port, batch, args.model_224, None), port,
-                                  "/health/ready", log, batch_stats="metrics", uploads=("224x224",)))
-        elif name == "ceiling":
-            argv = [python, "-m", "uvicorn", "benchmarks.http_ceiling:app", "--host", "127.0.0.1", "--port",
-                    str(port), "--no-access-log", "--log-level", "warning"]
-            servers.append(Server(name, argv, base_env, port, "/health", log))
-        elif name == "litserve":
-            stats = workdir / "litserve-stats.txt"
-            argv = [python, str(BENCH / "litserve_server.py"), "--port", str(port), "--store", args.model_store,
-                    "--name", args.model_name, "--max-batch-size", str(args.max_batch_size),
-                    "--delay-ms", str(args.delay_ms), "--stats", str(stats)]
-            if args.model_version:
-                argv += ["--version", args.model_version]
-            if args.litserve_fast_queue:
-                argv.append("--fast-queue")
-            servers.append(Server(name, argv, base_env, port, "/health", log, batch_stats="file",
-                                  stats_file=stats))
-        else:
-            sys.exit(f"unknown target {name!r}; choose from service, nobatch, ceiling, litserve")
-    return servers
-
-
-# -- load ----------------------------------------------------------------------------------------------------
-def run_wrk(url: str, upload: Upload, *, connections: int, seconds: int, threads: int, workdir: Path) -> dict:
-    result = workdir / "wrk-result.json"
-    result.unlink(missing_ok=True)
-    env = {**os.environ, "BENCH_BODY": str(upload.body), "BENCH_RESULT": str(result),
-           "BENCH_CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}"}
-    argv = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds}s",
-            "--timeout", "30s", "-s", str(LUA), url]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0 or not result.exists():
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-    summary = json.loads(result.read_text())
-    summary["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return summary
+from benchmarks.loadgen import Upload, make_upload, pick_uploads, run_wrk
+from benchmarks.servers import BENCH, REPO, Server, build_servers, machine_busy_seconds, tree_cpu_seconds
 
 
 def measure_point(server: Server, others: list[Server], upload: Upload, *, connections: int,
@@ -272,8 +43,10 @@ def measure_point(server: Server, others: list[Server], upload: Upload, *, conne
     batch_before = server.batch_counters()
     cpu_before = tree_cpu_seconds(server.proc.pid)
     others_before = sum(tree_cpu_seconds(o.proc.pid) for o in others if o.proc)
+    busy_before = machine_busy_seconds()
     load = run_wrk(url, upload, connections=connections, seconds=args.duration, threads=args.wrk_threads,
                    workdir=workdir)
+    busy = machine_busy_seconds() - busy_before
     cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
     others_cpu = sum(tree_cpu_seconds(o.proc.pid) for o in others if o.proc) - others_before
     time.sleep(0.3)  # requests cut off by wrk's end still finish their batch
@@ -294,7 +67,44 @@ def measure_point(server: Server, others: list[Server], upload: Upload, *, conne
         "mean_ms": load["latency_us"]["mean"] / 1000, "mean_batch": mean_batch, "errors": errors,
         "server_cpu_cores": cpu / seconds, "wrk_cpu_cores": load["cpu_s"] / seconds,
         "idle_servers_cpu_cores": others_cpu / seconds,
+        # everything else this machine ran meanwhile (other users' work, frozen servers, this driver): noise
+        "other_cpu_cores": max(0.0, busy - cpu - load["cpu_s"]) / seconds,
     }
+
+
+def measure_undisturbed(server: Server, servers: list[Server], upload: Upload, *, connections: int,
+                        args: argparse.Namespace, workdir: Path) -> dict:
+    """One point, measured again (up to --retries times) while other work on the machine took more than
+    --max-other-cpu cores; the least disturbed attempt is kept, flagged when still over the limit."""
+    others = [s for s in servers if s is not server]
+    attempts = []
+    for attempt in range(1 + args.retries):
+        if attempt:
+            time.sleep(5)  # give the other job a moment to end
+        if args.freeze:  # idle servers still poll (LitServe's loops do): keep them off the CPU
+            for other in others:
+                other.signal(signal.SIGSTOP)
+            server.signal(signal.SIGCONT)
+        attempts.append(measure_point(server, others, upload, connections=connections, args=args,
+                                      workdir=workdir))
+        if attempts[-1]["other_cpu_cores"] <= args.max_other_cpu:
+            break
+    best = min(attempts, key=lambda r: r["other_cpu_cores"])
+    best["attempts"] = len(attempts)
+    best["disturbed"] = best["other_cpu_cores"] > args.max_other_cpu
+    return best
+
+
+def median_runs(all_runs: list[dict]) -> list[dict]:
+    """One run per (target, upload, concurrency): the round with the median req/s (the lower one of two)."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in all_runs:
+        groups.setdefault((run["target"], run["upload"], run["concurrency"]), []).append(run)
+    out = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda r: r["rps"])
+        out.append({**ranked[(len(ranked) - 1) // 2], "rps_rounds": [round(r["rps"], 2) for r in group]})
+    return out
 
 
 # -- reporting -----------------------------------------------------------------------------------------------
@@ -304,17 +114,18 @@ def fmt_errors(errors: dict[str, int]) -> str:
 
 def print_table(runs: list[dict]) -> None:
     header = (f"{'target':<17}{'upload':<9}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-              f"{'batch':>7}{'srv cpu':>8}{'wrk cpu':>8}{'idle':>6}  errors")
+              f"{'batch':>7}{'srv cpu':>8}{'wrk cpu':>8}{'other':>6}  errors")
     print(header)
     print("-" * len(header))
     for r in sorted(runs, key=lambda r: (r["target"], r["upload"], r["concurrency"])):
         batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
-        print(f"{r['target']:<17}{r['upload']:<9}{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}"
+        flag = "*" if r.get("disturbed") else " "
+        print(f"{r['target']:<17}{r['upload']:<9}{r['concurrency']:>5}{r['rps']:>8.1f}{flag}{r['p50_ms']:>9.1f}"
               f"{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{batch:>7}{r['server_cpu_cores']:>8.2f}"
-              f"{r['wrk_cpu_cores']:>8.2f}{r['idle_servers_cpu_cores']:>6.2f}  {fmt_errors(r['errors'])}")
+              f"{r['wrk_cpu_cores']:>8.2f}{r['other_cpu_cores']:>6.2f}  {fmt_errors(r['errors'])}")
 
 
-def compute_targets(runs: list[dict], inprocess: dict | None, top: int) -> list[dict]:
+def compute_targets(runs: list[dict], inprocess: dict | None, top: int, max_batch: int) -> list[dict]:
     def rps(target: str, upload: str, conc: int = top) -> float | None:
         found = [r["rps"] for r in runs if (r["target"], r["upload"], r["concurrency"]) == (target, upload, conc)]
         return found[0] if found else None
@@ -336,11 +147,9 @@ def compute_targets(runs: list[dict], inprocess: dict | None, top: int) -> list[
               "same model, decoder, preprocess, buckets, batch size and delay")
     ratio(f"service/HTTP ceiling req/s, 224x224, c={top}", rps("service", "224x224"), rps("ceiling", "224x224"),
           0.5, "ceiling: FastAPI endpoint that reads the upload and returns a constant")
-    if rps("service-224model", "224x224") is not None:
-        ratio(f"batching on/off req/s, 224x224-input model, c={top}", rps("service-224model", "224x224"),
-              rps("nobatch-224model", "224x224"), 2.0, "the issue's target: a model with a 224x224 input")
-    ratio(f"batching on/off req/s, shipped model, 224x224 upload, c={top}", rps("service", "224x224"),
-          rps("nobatch", "224x224"), 2.0, "the shipped model's input size")
+    size = f"{inprocess['input_size']}x{inprocess['input_size']}-input model" if inprocess else "the model"
+    ratio(f"batching on/off req/s, 224x224 upload, {size}, c={top}", rps("service", "224x224"),
+          rps("nobatch", "224x224"), 2.0, f"max batch {max_batch} vs 1, same everything else")
     if inprocess:
         for upload, figures in inprocess["uploads"].items():
             served = p50("service", upload, 1)
@@ -397,13 +206,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-store", default=os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")))
     parser.add_argument("--model-name", default="pneumonia")
     parser.add_argument("--model-version")
-    parser.add_argument("--model-224", help="a model store whose model takes 224x224 inputs: adds batching on/off "
-                        "runs with it (the issue's batching target)")
     parser.add_argument("--max-batch-size", type=int, default=16, help="for the service, LitServe and in-process")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="max batching delay (service and LitServe)")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64; quick 1,64)")
     parser.add_argument("--duration", type=int, default=None, help="seconds per point (default 10; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up seconds per point (default 2; quick 0)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over every point; the table shows the "
+                        "round with the median req/s per point")
+    parser.add_argument("--max-other-cpu", type=float, default=0.25, help="cores other work may use during a "
+                        "point before it is measured again")
+    parser.add_argument("--retries", type=int, default=None, help="re-measurements of a disturbed point "
+                        "(default 2; quick 0)")
     parser.add_argument("--targets", default="service,nobatch,ceiling,litserve")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--litserve-fast-queue", action="store_true", help="LitServe's ZeroMQ queue")
@@ -415,6 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in (args.concurrency or ("1,64" if args.quick else "1,8,32,64")).split(",")]
     args.duration = args.duration or (1 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
+    args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     return args
 
 
@@ -438,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--budget-s", "1" if args.quick else "3", *(f"{u.label}={u.path}" for u in uploads)]
     if args.model_version:
         inproc_argv += ["--version", args.model_version]
-    runs: list[dict] = []
+    all_runs: list[dict] = []
     inprocess = None
     inproc = subprocess.Popen(inproc_argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -465,35 +279,36 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"in-process {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
         else:
             print("in-process ceiling failed to start (see its stderr above)")
-        for upload in uploads:
-            for connections in args.concurrency:
-                for server in servers:
-                    if upload.label not in server.uploads:
-                        continue
-                    others = [s for s in servers if s is not server]
-                    if args.freeze:  # idle servers still poll (LitServe's loops do): keep them off the CPU
-                        for other in others:
-                            other.signal(signal.SIGSTOP)
-                        server.signal(signal.SIGCONT)
-                    run = measure_point(server, others, upload, connections=connections, args=args, workdir=workdir)
-                    runs.append(run)
-                    print(f"  {run['target']:<17}{run['upload']:<9}c={connections:<3} {run['rps']:8.1f} req/s  "
-                          f"p50 {run['p50_ms']:7.1f} ms  errors {fmt_errors(run['errors'])}", flush=True)
+        for round_ in range(args.repeat):
+            for upload in uploads:
+                for connections in args.concurrency:
+                    for server in servers:
+                        run = measure_undisturbed(server, servers, upload, connections=connections, args=args,
+                                                  workdir=workdir)
+                        run["round"] = round_
+                        all_runs.append(run)
+                        print(f"  {run['target']:<17}{run['upload']:<9}c={connections:<3} {run['rps']:8.1f} req/s  "
+                              f"p50 {run['p50_ms']:7.1f} ms  other cpu {run['other_cpu_cores']:.2f}  "
+                              f"errors {fmt_errors(run['errors'])}", flush=True)
     finally:
         if inproc.poll() is None:
             inproc.kill()
             inproc.wait(timeout=10)
         for server in servers:
             server.stop()
+    runs = median_runs(all_runs)
     top = max(args.concurrency)
-    targets = compute_targets(runs, inprocess, top)
+    targets = compute_targets(runs, inprocess, top, args.max_batch_size)
     print()
     print_table(runs)
+    if any(r.get("disturbed") for r in runs):
+        print(f"* other work on the machine used more than {args.max_other_cpu} cores during this point")
     print_targets(targets)
     info["loadavg_at_end"] = os.getloadavg()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**info, "inprocess": inprocess, "runs": runs, "targets": targets},
+        args.out.write_text(json.dumps({**info, "inprocess": inprocess, "runs": runs, "targets": targets,
+                                        "all_runs": all_runs},
                                        indent=2) + "\n")
         print(f"\nresults written to {args.out}")
     if args.keep_logs:
