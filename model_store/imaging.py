@@ -122,8 +122,37 @@ def decode_with_pillow(data: bytes, min_size: int | None = None) -> np.ndarray:
     return _decode_pillow(data, min_size=min_size, max_pixels=None, formats=None)
 
 
+def gif_first_frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a GIF's first frame, read from its image descriptor; None if there is none.
+
+    Pillow allocates the first frame's disposal area while *opening* a GIF, before any size check of ours can
+    run (a 40-byte file can ask for 179 M pixels): so this is read from the bytes first."""
+    if len(data) < 13:
+        return None
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # skip the global colour table
+    while pos < len(data):
+        if data[pos] == 0x2C:  # image descriptor: left, top, width, height
+            if pos + 9 > len(data):
+                return None
+            width, height = int.from_bytes(data[pos + 5 : pos + 7], "little"), int.from_bytes(
+                data[pos + 7 : pos + 9], "little")
+            return width, height
+        if data[pos] != 0x21:  # only extensions may come before it
+            return None
+        pos += 2  # introducer and label, then data sub-blocks up to an empty one
+        while pos < len(data) and data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    return None
+
+
 def _decode_pillow(data: bytes, *, min_size: int | None, max_pixels: int | None,
                    formats: tuple[str, ...] | None) -> np.ndarray:
+    if max_pixels is not None and formats == ("GIF",):
+        frame = gif_first_frame_size(data)
+        if frame is not None and frame[0] * frame[1] > max_pixels:
+            check_pixel_count(*frame, max_pixels)
     try:
         with Image.open(io.BytesIO(data), formats=formats) as image:
             if max_pixels is not None:
