@@ -122,6 +122,39 @@ def test_reload_to_a_malicious_version_is_refused_and_the_old_one_keeps_serving(
     assert not marker.exists()
 
 
+# -- decompression bombs cost nothing --------------------------------------------------------------------
+BOMB_PROBE = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+import hostile
+from model_store.imaging import ImageTooLargeError, decode
+bombs = [hostile.png_bomb(12000, 14000), hostile.gif_bomb(12000, 14000), hostile.dicom_bomb(12000, 14000)]
+decode(hostile.png(), max_pixels=50_000_000)  # every import and plug-in loaded before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for bomb in bombs:
+    try:
+        decode(bomb, max_pixels=50_000_000)
+    except ImageTooLargeError:
+        pass
+    else:
+        raise SystemExit("a bomb was decoded")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_decompression_bombs_are_refused_before_any_pixel_memory_is_allocated():
+    """168 M pixels declared by files under a kilobyte (PNG, GIF, DICOM): refused from the header, with no
+    allocation on the way (Pillow's GIF plug-in allocates the first frame while opening; the service checks the
+    frame size in the bytes before that)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = subprocess.run([sys.executable, "-c", BOMB_PROBE, str(Path(hostile.__file__).parent)],
+                           capture_output=True, text=True, timeout=120, check=True)
+    assert int(probe.stdout.strip()) < 32, f"peak memory grew by {probe.stdout.strip()} MiB"
+
+
 # -- uploads stay in memory -------------------------------------------------------------------------------
 class RecordingSpool(tempfile.SpooledTemporaryFile):
     rolled: list[int] = []  # noqa: RUF012 (a class-level record on purpose)
