@@ -142,6 +142,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter, so that its peak memory means something
 def test_decompression_bombs_are_refused_before_any_pixel_memory_is_allocated():
     """168 M pixels declared by files under a kilobyte (PNG, GIF, DICOM): refused from the header, with no
     allocation on the way (Pillow's GIF plug-in allocates the first frame while opening; the service checks the
