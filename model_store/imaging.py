@@ -131,18 +131,19 @@ def gif_first_frame_size(data: bytes) -> tuple[int, int] | None:
         return None
     flags = data[10]
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # skip the global colour table
-    while pos < len(data):
+    while pos < len(data):  # the way Pillow walks it: extensions skipped, stray bytes ignored, ";" ends
+        if data[pos] == 0x3B:
+            return None
         if data[pos] == 0x2C:  # image descriptor: left, top, width, height
             if pos + 9 > len(data):
                 return None
             width, height = int.from_bytes(data[pos + 5 : pos + 7], "little"), int.from_bytes(
                 data[pos + 7 : pos + 9], "little")
             return width, height
-        if data[pos] != 0x21:  # only extensions may come before it
-            return None
-        pos += 2  # introducer and label, then data sub-blocks up to an empty one
-        while pos < len(data) and data[pos]:
-            pos += data[pos] + 1
+        if data[pos] == 0x21:  # introducer and label, then data sub-blocks up to an empty one
+            pos += 2
+            while pos < len(data) and data[pos]:
+                pos += data[pos] + 1
         pos += 1
     return None
 
