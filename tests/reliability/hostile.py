@@ -57,13 +57,14 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
-def gif_bomb(width: int = 12000, height: int = 14000) -> bytes:
+def gif_bomb(width: int = 12000, height: int = 14000, stray: bytes = b"") -> bytes:
     """A GIF of under a kilobyte whose first frame (disposal: restore to background) is ``width x height``:
-    Pillow allocates that area while merely opening the file."""
+    Pillow allocates that area while merely opening the file. ``stray`` bytes before the frame are skipped by
+    Pillow (a fuzzer found that)."""
     screen = struct.pack("<HHBBB", width, height, 0xF7, 0, 0) + bytes(range(256)) * 3
     control = b"\x21\xf9\x04\x09\x00\x00\x00\x00"  # disposal 2, transparent index 0
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x08\x02\x4c\x01\x00"
-    return b"GIF89a" + screen + control + frame + b"\x3b"
+    return b"GIF89a" + screen + stray + control + frame + b"\x3b"
 
 
 def truncated(data: bytes, fraction: float = 0.5) -> bytes:

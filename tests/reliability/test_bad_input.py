@@ -40,6 +40,7 @@ REFUSED = [
     ("JPEG header declaring 60k x 60k", jpeg_with_header_size(60000, 60000), 413, "image_too_large"),
     ("DICOM header declaring 60k x 60k", hostile.dicom_bomb(), 413, "image_too_large"),
     ("GIF of 800 bytes with a 168 Mpx first frame", hostile.gif_bomb(), 413, "image_too_large"),
+    ("GIF bomb behind stray bytes", hostile.gif_bomb(stray=b"\x00\x07junk"), 413, "image_too_large"),
     ("1x1 image", hostile.png(np.zeros((1, 1), np.uint8)), 400, "unusable_image"),
     ("31x400 image (a side under the minimum)", hostile.png(np.full((31, 400), 90, np.uint8)), 400,
      "unusable_image"),

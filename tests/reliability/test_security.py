@@ -128,7 +128,8 @@ import resource, sys
 sys.path.insert(0, sys.argv[1])
 import hostile
 from model_store.imaging import ImageTooLargeError, decode
-bombs = [hostile.png_bomb(12000, 14000), hostile.gif_bomb(12000, 14000), hostile.dicom_bomb(12000, 14000)]
+bombs = [hostile.png_bomb(12000, 14000), hostile.gif_bomb(12000, 14000), hostile.dicom_bomb(12000, 14000),
+         hostile.gif_bomb(12000, 14000, stray=b"\\x00junk")]
 decode(hostile.png(), max_pixels=50_000_000)  # every import and plug-in loaded before measuring
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for bomb in bombs:
