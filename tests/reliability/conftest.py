@@ -98,6 +98,13 @@ def assert_prediction(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
+def fresh_memory_accounting(command: list[str]) -> list[str]:
+    """``command`` run through a shell that forks it. On Linux a child's peak RSS (``ru_maxrss``, what libFuzzer's
+    -rss_limit_mb and our memory probes read) starts at its parent's, and survives exec: a process started
+    straight from this pytest (TensorFlow and models loaded, about 2 GB) would begin "at" 2 GB."""
+    return ["sh", "-c", '"$@"; exit $?', "sh", *command]
+
+
 # -- a real process ---------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:

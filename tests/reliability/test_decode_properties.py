@@ -15,6 +15,7 @@ import fuzz_decode
 import hostile
 import numpy as np
 import pytest
+from conftest import fresh_memory_accounting
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,10 +121,10 @@ def test_bounded_coverage_guided_fuzz_run(tmp_path):
                     "tests above still fuzz the decoder")
     seconds = int(os.environ.get("CXR_FUZZ_SECONDS", "20"))
     harness = Path(fuzz_decode.__file__)
-    result = subprocess.run(
-        [sys.executable, str(harness), str(tmp_path / "corpus"), f"-max_total_time={seconds}", "-timeout=10",
-         "-rss_limit_mb=2048", "-max_len=65536", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
-        capture_output=True, text=True, timeout=seconds + 120, check=False)
+    command = [sys.executable, str(harness), str(tmp_path / "corpus"), f"-max_total_time={seconds}", "-timeout=10",
+               "-rss_limit_mb=2048", "-max_len=65536", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"]
+    result = subprocess.run(fresh_memory_accounting(command), capture_output=True, text=True,
+                            timeout=seconds + 120, check=False)
     output = result.stdout + result.stderr
     crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-")))
     assert result.returncode == 0 and not crashes, f"fuzzer found {crashes}:\n{output[-4000:]}"

@@ -14,7 +14,15 @@ import hostile
 import numpy as np
 import pytest
 import starlette.formparsers
-from conftest import SHIPPED_MODEL, assert_error, assert_prediction, assert_ready, require_shipped_model, running_app
+from conftest import (
+    SHIPPED_MODEL,
+    assert_error,
+    assert_prediction,
+    assert_ready,
+    fresh_memory_accounting,
+    require_shipped_model,
+    running_app,
+)
 from fastapi.testclient import TestClient
 
 KEY = "k3y-" + "s3cr3t-" * 4  # 32 characters
@@ -152,8 +160,9 @@ def test_decompression_bombs_are_refused_before_any_pixel_memory_is_allocated():
     import sys
     from pathlib import Path
 
-    probe = subprocess.run([sys.executable, "-c", BOMB_PROBE, str(Path(hostile.__file__).parent)],
-                           capture_output=True, text=True, timeout=120, check=True)
+    command = [sys.executable, "-c", BOMB_PROBE, str(Path(hostile.__file__).parent)]
+    probe = subprocess.run(fresh_memory_accounting(command), capture_output=True, text=True, timeout=120,
+                           check=True)
     assert int(probe.stdout.strip()) < 32, f"peak memory grew by {probe.stdout.strip()} MiB"
 
 
