@@ -52,8 +52,10 @@ class CxrLitAPI(ls.LitAPI):
         out = self.model.predict(x)
         self.batches += 1
         self.images += len(x)
-        if self.stats_path:
-            Path(self.stats_path).write_text(f"{self.batches} {self.images}\n")
+        if self.stats_path:  # replaced atomically: the benchmark reads it at any moment
+            partial = Path(f"{self.stats_path}.tmp")
+            partial.write_text(f"{self.batches} {self.images}\n")
+            partial.replace(self.stats_path)
         return out
 
     def unbatch(self, output: np.ndarray) -> list[np.ndarray]:

@@ -109,8 +109,8 @@ class Server:
         if self.batch_stats == "file" and self.stats_file is not None:
             if not self.stats_file.exists():
                 return (0.0, 0.0)
-            batches, images = self.stats_file.read_text().split()
-            return (float(images), float(batches))
+            fields = self.stats_file.read_text().split()
+            return (float(fields[1]), float(fields[0])) if len(fields) == 2 else None
         return None
 
     def signal(self, sig: int) -> None:
