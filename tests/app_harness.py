@@ -48,6 +48,13 @@ def wait_ready(app: FastAPI, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def free_port() -> int:
+    """A loopback port free right now (for servers started as separate processes)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextmanager
 def serve(settings: Settings) -> Iterator[Running]:
     """uvicorn in a thread on a pre-bound free loopback port: real HTTP, real multipart, real streaming."""

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from app_harness import free_port as _free_port
 from deploy_helpers import (
     KSERVE_FILE,
     REPO,
@@ -167,11 +167,6 @@ def test_shutdown_fits_in_every_grace_period(image_store, monkeypatch):
 
 # --- the container's life, without the container ----------------------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(port: int) -> bool:

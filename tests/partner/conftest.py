@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from app_harness import free_port
 
 from model_store.registry import DEFAULT_STORE, ModelRegistry
 
 SHIPPED = DEFAULT_STORE / "pneumonia" / "1" / "model.h5"
 API_KEY = "test-key-0123456789abcdef"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
