@@ -16,18 +16,11 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model_store.dicom import decode_dicom
 
-class DecodeError(ValueError):
-    """The bytes are not a decodable image (HTTP 400). Subclasses say why more precisely."""
-
-
-class UnsupportedFormatError(DecodeError):
-    """The bytes are not one of the accepted formats, or use a feature we cannot decode (HTTP 415)."""
-
-
-class ImageTooLargeError(DecodeError):
-    """The image declares more pixels than allowed (HTTP 413): refused before its pixels are decoded."""
-
+# The error types live in model_store.errors (imaging -> dicom -> errors, no way back); re-exported here because
+# callers catch them where they call the decoder.
+from model_store.errors import DecodeError, ImageTooLargeError, UnsupportedFormatError, check_pixel_count
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "DICOM")
 
@@ -86,8 +79,6 @@ def decode(data: bytes, *, min_size: int | None = None, max_pixels: int) -> np.n
     if fmt is None:
         raise UnsupportedFormatError(_unsupported_message(data))
     if fmt == "DICOM":
-        from model_store.dicom import decode_dicom
-
         return decode_dicom(data, max_pixels=max_pixels)
     try:
         return _decode_pillow(data, min_size=min_size, max_pixels=max_pixels, formats=(fmt,))
@@ -103,14 +94,6 @@ def _unsupported_message(data: bytes) -> str:
         if data.startswith(magic):
             return f"{name} files are not supported; send one of {accepted}"
     return f"unrecognised image format (first bytes {data[:8].hex()}); send one of {accepted}"
-
-
-def check_pixel_count(width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise DecodeError(f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
-                                 f"{max_pixels:,}")
 
 
 def decode_with_pillow(data: bytes, min_size: int | None = None) -> np.ndarray:
