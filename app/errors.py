@@ -64,6 +64,18 @@ class InferenceError(ServiceError):
     code, status = "inference_failed", 500
 
 
+class NotAcceptableError(ServiceError):
+    """No representation the client accepts (Accept header): JSON, DICOM SR and FHIR are offered."""
+
+    code, status = "not_acceptable", 406
+
+
+class DicomRequiredError(ServiceError):
+    """A DICOM SR answer was asked for a non-DICOM upload (the SR must reference the source study)."""
+
+    code, status = "dicom_required", 415
+
+
 # (exception type, HTTP status, code): first match wins, so subclasses come before their bases
 ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (ImageTooLargeError, 413, "image_too_large"),

@@ -6,10 +6,11 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, Request, Response, UploadFile
 
 from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
 from app.errors import InvalidInputError, ServiceError, TooManyFilesError, UploadTooLargeError, classify
+from app.renderers import DICOM, FHIR, JSON, check_upload, negotiate, render_bytes
 from app.schemas import BatchResponse, ErrorResponse, PredictionResponse
 from app.settings import Settings
 from model_store.imaging import DecodeError
@@ -18,6 +19,14 @@ log = logging.getLogger("cxr.predict")
 router = APIRouter(tags=["predict"])
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
+# /predict answers by Accept: JSON (default), a DICOM SR (DICOM uploads only) or a FHIR DiagnosticReport
+PREDICT_RESPONSES: dict[int | str, dict[str, object]] = {
+    **ERRORS, 406: {"model": ErrorResponse},
+    200: {"content": {DICOM: {"schema": {"type": "string", "format": "binary"}},
+                      FHIR: {"schema": {"type": "object"}}},
+          "description": "JSON by default; Accept: application/dicom gives a DICOM SR (Comprehensive 3D SR, "
+                         "TID 1500) for a DICOM upload, Accept: application/fhir+json a FHIR DiagnosticReport"},
+}
 
 
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
@@ -30,15 +39,21 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     return data
 
 
-@router.post("/predict", response_model=PredictionResponse, responses=ERRORS,
+@router.post("/predict", response_model=PredictionResponse, responses=PREDICT_RESPONSES,
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
 async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
-                  file: Annotated[UploadFile, File(description="the image file")]) -> dict[str, object]:
+                  file: Annotated[UploadFile, File(description="the image file")]) -> dict[str, object] | Response:
+    media_type = negotiate(request.headers.get("accept"))  # 406 before any work
     if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
         raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
     data = await read_upload(file, settings)
+    if media_type == JSON:
+        prediction = await dataplane.predict_image(data)
+        return prediction.as_dict(request_id)
+    check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
     prediction = await dataplane.predict_image(data)
-    return prediction.as_dict(request_id)
+    body = await asyncio.to_thread(render_bytes, media_type, prediction, data, request_id)
+    return Response(body, media_type=media_type)
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
