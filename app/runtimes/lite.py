@@ -1,0 +1,98 @@
+"""TFLite (LiteRT) with dynamic-range int8 quantization: weights int8, activations quantized per image at run
+time (so an image's result does not depend on the other images in its batch), float32 in and out.
+
+Converted in memory from the Keras model with TensorFlow's own converter (no new dependency) and cached by the
+artifact's sha256 for this process. Runs on the LiteRT interpreter (``ai-edge-litert``) where installed,
+otherwise on ``tf.lite.Interpreter`` (same kernels, same speed here; TensorFlow marks it deprecated).
+One interpreter per bucket size, so no tensor is ever re-allocated while serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+
+from app.runtimes.base import CONVERSIONS, Runtime, RuntimeUnavailable
+from model_store.artifact import LoadedArtifact
+
+log = logging.getLogger("cxr.runtimes")
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+
+        return Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter
+
+
+def convert_int8(model: Any) -> bytes:
+    """Dynamic-range quantized flatbuffer. ``from_keras_model`` (not ``from_concrete_functions``, which
+    silently drops the weights of a Keras 3 model)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with contextlib.redirect_stdout(io.StringIO()):  # the Keras export prints its temporary SavedModel
+        return bytes(converter.convert())
+
+
+class _Bucket:
+    def __init__(self, interpreter_class: Any, flatbuffer: bytes, shape: tuple[int, ...], threads: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per bucket
+            self.interpreter = interpreter_class(model_content=flatbuffer, num_threads=threads)
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.interpreter.resize_tensor_input(self.input, list(shape))
+        self.interpreter.allocate_tensors()
+        self.lock = threading.Lock()  # an interpreter is not thread-safe
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.interpreter.set_tensor(self.input, np.ascontiguousarray(batch, dtype=np.float32))
+            self.interpreter.invoke()
+            return np.array(self.interpreter.get_tensor(self.output), dtype=np.float32)
+
+
+class TFLiteInt8Runtime(Runtime):
+    name = "tflite-int8"
+    description = "TFLite/LiteRT dynamic-range int8 (int8 weights, per-image activation quantization)"
+
+    def __init__(self, flatbuffer: bytes, input_shape: tuple[int, ...], buckets: list[int],
+                 threads: int | None = None) -> None:
+        super().__init__(input_shape, buckets)
+        self.flatbuffer = flatbuffer
+        threads = threads or usable_cores()
+        interpreter_class = _interpreter_class()
+        self._buckets = {size: _Bucket(interpreter_class, flatbuffer, (size, *input_shape), threads)
+                         for size in buckets}
+
+    @classmethod
+    def load(cls, artifact: LoadedArtifact, buckets: list[int]) -> Runtime:
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            raise RuntimeUnavailable("tflite-int8 is a CPU runtime; on a GPU use keras")
+        flatbuffer = CONVERSIONS.get_or_make(artifact.sha256, cls.name, lambda: convert_int8(artifact.model))
+        return cls(flatbuffer, artifact.metadata.preprocessing.input_shape, buckets)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        bucket = self._buckets.get(batch.shape[0])
+        if bucket is None:
+            raise ValueError(f"batch of {batch.shape[0]} is not one of the compiled sizes {self.buckets}")
+        return bucket.run(batch)

@@ -1,0 +1,224 @@
+"""Model runtimes: golden-set storage, verification at load, the choice among runtimes and the fallback, and what
+the API shows. Real model (the shipped artifact), real conversions; a corrupted runtime is made by perturbing
+the weights it is converted from."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from app_harness import SERVER_SETTINGS, started
+
+from app.main import create_app
+from app.runtimes import RUNTIMES, select_runtime
+from app.runtimes import lite as lite_module
+from app.runtimes.base import CONVERSIONS, cpu_flags
+from app.runtimes.keras_runtime import KerasBf16Runtime
+from app.runtimes.verify import TOLERANCE, decisions, verify
+from app.settings import Settings
+from model_store import golden
+from model_store.artifact import inspect_artifact, load_artifact
+from model_store.imaging import decode
+from model_store.preprocessing import preprocess
+
+BUCKETS = [1, 2, 4, 8, 16]
+
+
+@pytest.fixture(autouse=True)
+def fresh_conversions():
+    CONVERSIONS.clear()  # a test that converts perturbed weights must not leave them for the next
+    yield
+    CONVERSIONS.clear()
+
+
+@pytest.fixture(scope="module")
+def artifact(shipped_model):
+    return load_artifact(shipped_model)
+
+
+@pytest.fixture(scope="module")
+def test_inputs(artifact, xray_224_dir) -> np.ndarray:
+    """Real test-split images, preprocessed by the service's own code (every 8th: 39 images)."""
+    spec = artifact.metadata.preprocessing
+    files = sorted(xray_224_dir.glob("test/*/*.jpeg"))[::8]
+    return np.stack([preprocess(decode(f.read_bytes(), min_size=2 * spec.input_size, max_pixels=50_000_000), spec)
+                     for f in files]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def synthetic(artifact) -> golden.GoldenSet:
+    return golden.load_or_compute(artifact.path, artifact.model, artifact.metadata)
+
+
+# -- the golden set ------------------------------------------------------------------------------------------
+def test_golden_set_round_trips_packed_in_the_artifact(tmp_path, artifact, test_inputs):
+    path = tmp_path / "model.h5"
+    shutil.copy(artifact.path, path)
+    stored = golden.store_golden(path, artifact.model, test_inputs, artifact.metadata, size=24)
+    assert 0 < stored <= 24
+    inspect_artifact(path)  # still a valid, safe artifact (numeric datasets only)
+    back = golden.read_golden(path)
+    assert back is not None and back.source == "artifact" and len(back) == stored
+    assert set(np.unique(back.inputs)) <= {0.0, 1.0}  # binarized inputs, unpacked exactly
+    reloaded = load_artifact(path)  # Keras ignores the extra group; the weights are the same
+    np.testing.assert_allclose(golden.reference_probabilities(reloaded.model, back.inputs), back.probabilities,
+                               atol=1e-5)
+    # packed 8 per byte: far smaller than the float32 inputs it stands for
+    assert path.stat().st_size - artifact.path.stat().st_size < back.inputs.nbytes / 16
+
+
+def test_non_binary_inputs_are_stored_as_exact_8_bit_levels(tmp_path):
+    path = tmp_path / "g.h5"
+    inputs = (np.arange(2 * 4 * 4).reshape(2, 4, 4, 1) % 256 / 255.0).astype(np.float32)
+    golden.write_golden(path, inputs, np.array([[0.2, 0.8], [0.6, 0.4]], np.float32))
+    back = golden.read_golden(path)
+    assert back is not None
+    np.testing.assert_array_equal(back.inputs, inputs)
+    with pytest.raises(ValueError, match="neither binary nor 8-bit"):
+        golden.write_golden(path, inputs + 0.001, np.zeros((2, 2), np.float32))
+
+
+def test_selection_spreads_and_skips_inputs_on_the_threshold():
+    probabilities = np.stack([1 - np.linspace(0, 1, 101), np.linspace(0, 1, 101)], axis=1).astype(np.float32)
+    inputs = np.arange(101, dtype=np.float32).reshape(101, 1, 1, 1)
+    chosen, probs = golden.select(inputs, probabilities, positive_index=1, threshold=0.5, size=20)
+    assert len(chosen) == 20
+    assert np.abs(probs[:, 1] - 0.5).min() >= golden.MIN_MARGIN  # 0.50 itself is left out
+    assert probs[:, 1].min() == 0.0 and probs[:, 1].max() == 1.0  # spread over the whole range
+
+
+def test_synthetic_golden_inputs_are_deterministic_and_spread(artifact, synthetic):
+    again = golden.load_or_compute(artifact.path, artifact.model, artifact.metadata)
+    np.testing.assert_array_equal(again.inputs, synthetic.inputs)
+    assert synthetic.source == "synthetic" and len(synthetic) >= 16
+    positive = synthetic.probabilities[:, artifact.metadata.positive_index]
+    # both decisions represented, so a runtime that shifts outputs shows up as flips, not only as |dp|
+    assert decisions(synthetic.probabilities, artifact.metadata).any()
+    assert not decisions(synthetic.probabilities, artifact.metadata).all()
+    assert positive.max() - positive.min() > 0.3
+
+
+# -- runtimes against the reference on real images -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["tflite-int8", "keras-bf16"])
+def test_accelerated_runtime_matches_the_reference_on_real_test_images(name, artifact, test_inputs, synthetic):
+    cls = RUNTIMES[name]
+    if cls.unavailable_reason():
+        pytest.skip(f"{name} unavailable here: {cls.unavailable_reason()}")
+    runtime = cls.load(artifact, BUCKETS)
+    runtime.warm(len(artifact.metadata.class_names))
+    want = golden.reference_probabilities(artifact.model, test_inputs)
+    got = runtime.predict_any(test_inputs)
+    assert np.abs(got - want).max() <= TOLERANCE
+    assert (decisions(got, artifact.metadata) == decisions(want, artifact.metadata)).all()
+    # an image's result does not depend on what else is in its batch (per-image activation quantization)
+    np.testing.assert_allclose(runtime.predict(test_inputs[:1]), runtime.predict(test_inputs[:16])[:1], atol=1e-6)
+    assert verify(runtime, synthetic, artifact.metadata).passed
+
+
+def test_auto_picks_an_accelerated_runtime_that_passes(artifact, synthetic):
+    selection = select_runtime("auto", artifact, BUCKETS, synthetic)
+    assert selection.runtime.name == "tflite-int8"  # the fastest measured here, available on every x86 CPU
+    assert selection.verification is not None and selection.verification.passed
+    assert selection.verification.max_abs_diff <= TOLERANCE and selection.verification.decision_flips == 0
+    assert selection.fallback is None
+
+
+def test_keras_is_the_reference_without_acceleration(artifact):
+    selection = select_runtime("keras", artifact, BUCKETS, None)
+    assert selection.runtime.name == "keras" and selection.verification is None and selection.fallback is None
+
+
+def test_a_corrupted_runtime_falls_back_to_the_reference_with_one_warning(artifact, synthetic, monkeypatch,
+                                                                        caplog):
+    real_convert = lite_module.convert_int8
+
+    def perturbed(model):  # what a broken converter or a damaged cache entry would hand over
+        import keras
+
+        clone = keras.models.clone_model(model)
+        rng = np.random.default_rng(0)
+        clone.set_weights([w + rng.normal(0, 0.05 * (np.std(w) + 1e-3), w.shape).astype(w.dtype)
+                           for w in model.get_weights()])
+        return real_convert(clone)
+
+    monkeypatch.setattr(lite_module, "convert_int8", perturbed)
+    with caplog.at_level(logging.WARNING, logger="cxr.runtimes"):
+        selection = select_runtime("tflite-int8", artifact, BUCKETS, synthetic)
+    assert selection.runtime.name == "keras"
+    assert selection.fallback is not None and "tflite-int8 failed verification" in selection.fallback
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "fallback to keras" in warnings[0].getMessage() and "max |dp|" in warnings[0].getMessage()
+    assert selection.verification is not None and selection.verification.passed  # the reference itself
+
+
+def test_a_runtime_this_cpu_cannot_run_falls_back_when_forced_and_is_skipped_by_auto(artifact, synthetic,
+                                                                                    monkeypatch, caplog):
+    monkeypatch.setattr(KerasBf16Runtime, "unavailable_reason", classmethod(lambda cls: "no avx512_bf16 (test)"))
+    with caplog.at_level(logging.WARNING, logger="cxr.runtimes"):
+        forced = select_runtime("keras-bf16", artifact, BUCKETS, synthetic)
+    assert forced.runtime.name == "keras" and "no avx512_bf16" in (forced.fallback or "")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    monkeypatch.setattr(lite_module.TFLiteInt8Runtime, "unavailable_reason", classmethod(lambda cls: "test"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxr.runtimes"):
+        auto = select_runtime("auto", artifact, BUCKETS, synthetic)
+    assert auto.runtime.name == "keras" and auto.fallback is None
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # nothing failed: nothing to warn
+
+
+def test_bf16_is_offered_only_where_the_cpu_has_it():
+    has = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    assert (KerasBf16Runtime.unavailable_reason() is None) == has
+
+
+# -- the service -----------------------------------------------------------------------------------------------
+def test_the_service_shows_and_uses_the_verified_runtime_and_reloads(shipped_model, artifact, xray_224_dir):
+    data = sorted(xray_224_dir.glob("test/PNEUMONIA/*.jpeg"))[0].read_bytes()
+    settings = Settings(**{**SERVER_SETTINGS, "runtime": "auto"})
+
+    async def scenario() -> None:
+        app = create_app(settings)
+        async with started(app) as client:
+            models = (await client.get("/models")).json()
+            assert models["runtime"]["name"] == "tflite-int8"
+            assert models["runtime"]["verification"]["passed"] is True
+            assert models["runtime"]["verification"]["golden_source"] == "synthetic"  # v1 ships no golden set
+            body = (await client.post("/predict", files={"file": ("x.jpeg", data, "image/jpeg")})).json()
+            assert body["model"]["runtime"] == "tflite-int8"
+            spec = artifact.metadata.preprocessing
+            x = preprocess(decode(data, min_size=2 * spec.input_size, max_pixels=50_000_000), spec)[np.newaxis]
+            want = golden.reference_probabilities(artifact.model, x)[0]
+            temperature = float(getattr(artifact.metadata, "temperature", 1.0))
+            if temperature == 1.0:
+                got = np.array(list(body["probabilities"].values()))
+                assert np.abs(got - want).max() <= TOLERANCE
+            metrics = (await client.get("/metrics")).text
+            assert 'runtime="tflite-int8"' in metrics
+            before = app.state.manager.current
+            await asyncio.to_thread(app.state.manager.reload)  # hot reload: a new verified runtime, same kind
+            after = app.state.manager.current
+            assert after is not before and after.runtime_name == "tflite-int8"
+            assert (await client.post("/predict", files={"file": ("x.jpeg", data, "image/jpeg")})).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_decode_threads_default_to_the_usable_cores():
+    import os
+
+    assert Settings().decode_threads == min(64, len(os.sched_getaffinity(0)))
+    assert Settings(decode_threads=3).decode_threads == 3
+
+
+def test_runtime_setting_is_validated():
+    from app.settings import SettingsError
+
+    assert Settings.load(runtime="TFLite-Int8").runtime == "tflite-int8"
+    with pytest.raises(SettingsError, match="CXR_RUNTIME"):
+        Settings.load(runtime="onnx")
+
+
