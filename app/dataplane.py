@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.audit.ticket import Ticket
 from app.batching import BatchResult
 from app.errors import InvalidInputError, NotReadyError
 from app.metrics import Metrics
@@ -84,26 +85,34 @@ class DataPlane:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def _prepare(self, data: bytes, model: ServingModel) -> tuple[np.ndarray, float]:
+    def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
+        if ticket is not None:  # the audit's input hash and format, here so hashing stays off the event loop
+            ticket.describe_bytes(data)
         spec = model.metadata.preprocessing
         image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
         check_shape(image, self.settings.min_image_side, self.settings.max_aspect_ratio)
         x = preprocess(image, spec)
         return x, time.perf_counter() - started
 
-    async def predict_image(self, data: bytes, model: ServingModel | None = None) -> Prediction:
-        """Encoded image bytes -> prediction with the active model (or the one given)."""
+    async def predict_image(self, data: bytes, model: ServingModel | None = None, ticket: Ticket | None = None
+                            ) -> Prediction:
+        """Encoded image bytes -> prediction with the active model (or the one given). ``ticket``: the audit
+        trail's record in the making (the transport's ``audit.track_request``), given the input and result."""
         started = time.perf_counter()
         model = model or self.manager.current
         loop = asyncio.get_running_loop()
         with model.batcher.expecting():  # the batcher may wait (up to max delay) for this image while it decodes
-            x, decode_s = await loop.run_in_executor(self.pool, self._prepare, data, model)
+            x, decode_s = await loop.run_in_executor(self.pool, self._prepare, data, model, ticket)
             self.metrics.stage.labels("decode", model.metadata.name).observe(decode_s)
             submitted = self._submit(x, model)
-        return await self._finish(submitted, decode_s, started)
+        prediction = await self._finish(submitted, decode_s, started)
+        if ticket is not None:
+            ticket.prediction = prediction
+        return prediction
 
-    async def predict_tensor(self, x: np.ndarray, model: ServingModel | None = None) -> Prediction:
+    async def predict_tensor(self, x: np.ndarray, model: ServingModel | None = None, ticket: Ticket | None = None
+                             ) -> Prediction:
         """An already-preprocessed (H, W, 1) float input in [0, 1] (e.g. the v2 protocol's FP32 tensors)."""
         started = time.perf_counter()
         model = model or self.manager.current
@@ -111,12 +120,17 @@ class DataPlane:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"tensor is not numeric: {exc}") from exc
+        if ticket is not None:
+            ticket.describe_tensor(x.tobytes())
         if x.shape != model.input_shape:
             raise InvalidInputError(f"tensor shape {list(x.shape)} does not match the model input "
                                     f"{list(model.input_shape)}")
         if not np.isfinite(x).all():
             raise InvalidInputError("tensor contains NaN or infinite values")
-        return await self._finish(self._submit(x, model), 0.0, started)
+        prediction = await self._finish(self._submit(x, model), 0.0, started)
+        if ticket is not None:
+            ticket.prediction = prediction
+        return prediction
 
     def _submit(self, x: np.ndarray, model: ServingModel) -> tuple[ServingModel, asyncio.Future[BatchResult]]:
         try:

@@ -64,6 +64,18 @@ class InferenceError(ServiceError):
     code, status = "inference_failed", 500
 
 
+class UnknownRequestError(ServiceError):
+    """Feedback for a request id the audit trail holds no answer for."""
+
+    code, status = "unknown_request", 404
+
+
+class AuditUnavailableError(ServiceError):
+    """CXR_AUDIT_REQUIRED=true and the audit store is unreachable (or audit is off): no unaudited answer."""
+
+    code, status = "audit_unavailable", 503
+
+
 class NotAcceptableError(ServiceError):
     """No representation the client accepts (Accept header): JSON, DICOM SR and FHIR are offered."""
 
@@ -95,11 +107,27 @@ def classify(exc: Exception) -> tuple[int, str, str]:
     return 500, "internal_error", "internal server error; the request id identifies it in the server log"
 
 
-def count_error(scope: dict[str, Any], code: str) -> None:
-    """Counts an answered error in the app's metrics (``cxr_errors_total{code}``)."""
-    metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+def count_error(scope: dict[str, Any], code: str, status: int | None = None) -> None:
+    """Counts an answered error in the app's metrics (``cxr_errors_total{code}``) and hands it to the audit
+    trail (which records it when it refuses a prediction request that no per-image record covers)."""
+    state = getattr(scope.get("app"), "state", None)
+    metrics = getattr(state, "metrics", None)
     if metrics is not None:
         metrics.errors.labels(code).inc()
+    audit = getattr(state, "audit", None)
+    if audit is not None:
+        audit.refused_request(scope, status if status is not None else status_of_code(code), code)
+
+
+def status_of_code(code: str) -> int:
+    """The HTTP status that goes with an error code (for callers that only know the code)."""
+    kinds: list[type[ServiceError]] = [ServiceError]
+    while kinds:
+        kind = kinds.pop()
+        if kind.code == code:
+            return kind.status
+        kinds.extend(kind.__subclasses__())
+    return next((status for _, status, name in ERROR_TABLE if name == code), 500)
 
 
 def request_id_of(request: Request) -> str:
@@ -123,7 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
         status, code, message = classify(exc)
         request_id = request_id_of(request)
-        count_error(request.scope, code)
+        count_error(request.scope, code, status)
         if status == 503:  # not ready / overloaded: expected states; a traceback per shed request floods the log
             log.warning("request %s refused: 503 %s: %s", request_id, code, message)
         elif status >= 500:
@@ -143,7 +171,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         )
         request_id = request_id_of(request)
-        count_error(request.scope, "invalid_request")
+        count_error(request.scope, "invalid_request", 422)
         log.info("request %s rejected: 422 %s", request_id, problems)
         return error_response(422, "invalid_request", problems or "invalid request", request_id)
 
@@ -154,6 +182,6 @@ def install_error_handlers(app: FastAPI) -> None:
         # FastAPI answers 400 only when it cannot parse the body (multipart over its part caps, broken JSON)
         code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed",
                 413: "upload_too_large"}.get(exc.status_code, "http_error")
-        count_error(request.scope, code)
+        count_error(request.scope, code, exc.status_code)
         return error_response(exc.status_code, code, str(exc.detail), request_id_of(request),
                               headers=exc.headers)

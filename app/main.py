@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
+from app.audit import Audit
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
 from app.metrics import Metrics
@@ -34,17 +35,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
+    audit = Audit(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = threading.Thread(target=manager.load_initial_logged, name="model-loader", daemon=True)
         loader.start()
+        audit.start(manager)
         try:
             yield
         finally:
             # blocking drains, kept off the event loop so responses still in flight can be sent
             await asyncio.to_thread(manager.shutdown)
             await asyncio.to_thread(dataplane.close)
+            # last: the answers drained above are recorded too
+            await asyncio.to_thread(audit.close, settings.graceful_timeout)
 
     app = FastAPI(title="cxr-serve", version="0.1.0", lifespan=lifespan,
                   description="Pneumonia screening for chest X-rays. Decision support for qualified readers; "
@@ -53,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.manager = manager
     app.state.dataplane = dataplane
+    app.state.audit = audit
     install_error_handlers(app)
     app.include_router(router)
 

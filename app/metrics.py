@@ -26,3 +26,20 @@ class Metrics:
         self.errors = Counter("cxr_errors", "Errors answered, by code", ["code"], registry=r)
         self.model_info = Info("cxr_model", "The active model", registry=r)
         self.ready = Gauge("cxr_ready", "1 when the service can serve predictions", registry=r)
+        # the audit trail (app/audit): writer health, and the rolling-window monitoring figures
+        self.audit_buffered = Gauge("cxr_audit_buffered", "Audit records waiting to be written", registry=r)
+        self.audit_store_up = Gauge("cxr_audit_store_up", "1 while the audit store is reachable", registry=r)
+        self.audit_written = Counter("cxr_audit_records_written", "Audit records stored", registry=r)
+        self.audit_dropped = Counter("cxr_audit_records_dropped", "Audit records NOT stored, by reason "
+                                     "(buffer_full, shutdown, closed, rejected)", ["reason"], registry=r)
+        self.monitor_answers = Gauge("cxr_monitor_answers", "Answers of the active model in the window", registry=r)
+        self.monitor_refusals = Gauge("cxr_monitor_refusals", "Refusals in the window, by reason (error code)",
+                                      ["reason"], registry=r)
+        self.monitor_rate = Gauge("cxr_monitor_rate", "Rates in the window (positive_rate, sensitivity, "
+                                  "specificity, ppv); NaN when there is nothing to divide by", ["rate"], registry=r)
+        self.monitor_confusion = Gauge("cxr_monitor_confusion", "Answers with a confirmed label in the window, by "
+                                       "cell (tp, fp, tn, fn, uncertain)", ["cell"], registry=r)
+        self.monitor_psi = Gauge("cxr_monitor_psi", "Population stability index of P(positive) against the "
+                                 "validation distribution (NaN when unavailable)", registry=r)
+        self.monitor_drift_band = Gauge("cxr_monitor_drift_band", "PSI band: 0 stable (< 0.1), 1 moderate "
+                                        "(0.1-0.25), 2 significant (>= 0.25), -1 unavailable", registry=r)

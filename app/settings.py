@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.registry import DEFAULT_STORE
 
+# the audit store's default home: outside the checkout, writable without root (XDG base directory spec)
+STATE_HOME = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+DEFAULT_AUDIT_PATH = STATE_HOME / "cxr-serve" / "audit.db"
 CPU_DEFAULT_BATCH = 16
 GPU_DEFAULT_BATCH = 64
 
@@ -60,6 +64,30 @@ class Settings(BaseSettings):
                                     "1-600")
     graceful_timeout: int = Field(30, ge=1, le=600, description="seconds to finish requests and drain the queue "
                                   "on shutdown, 1-600")
+
+    audit_enabled: bool = Field(True, description="record every answer and refusal in the audit store: true or "
+                                "false (false also turns off /feedback and /monitoring)")
+    audit_url: str | None = Field(None, description="audit store URL, e.g. postgresql://cxr:secret@db:5432/cxr_audit "
+                                  "(psycopg 3) or sqlite:////var/lib/cxr/audit.db; unset = SQLite at "
+                                  "CXR_AUDIT_PATH")
+    audit_path: Path = Field(DEFAULT_AUDIT_PATH, description="SQLite audit file used when CXR_AUDIT_URL is unset, "
+                             "e.g. /var/lib/cxr-serve/audit.db; default: $XDG_STATE_HOME (or ~/.local/state)"
+                             "/cxr-serve/audit.db")
+    audit_required: bool = Field(False, description="fail closed: true = readiness 503 and predictions refused "
+                                 "(503 audit_unavailable) while the audit store is unreachable; false = keep "
+                                 "serving and buffer")
+    audit_buffer: int = Field(10_000, ge=1, le=10_000_000, description="audit records held in memory while the "
+                              "store is slow or down, 1-10000000, e.g. 10000; beyond it records are counted "
+                              "in cxr_audit_records_dropped_total and logged, not stored")
+    audit_batch_size: int = Field(500, ge=1, le=100_000, description="audit records per insert, 1-100000, "
+                                  "e.g. 500")
+    audit_window_hours: float = Field(168.0, gt=0, le=24 * 366, description="rolling window of /monitoring and "
+                                      "the cxr_monitor_* gauges, in hours, e.g. 168 (7 days)")
+    audit_refresh_s: float = Field(60.0, ge=1, le=86_400, description="seconds between refreshes of the "
+                                   "cxr_monitor_* gauges, 1-86400, e.g. 60")
+    audit_salt: str | None = Field(None, min_length=16, description="secret (>= 16 characters, e.g. 32 random "
+                                   "hex digits) keying the hashes of DICOM UIDs in the audit store; unset = "
+                                   "UIDs are not recorded at all")
 
     @field_validator("log_level", "log_format", "device", mode="before")
     @classmethod

@@ -1,9 +1,9 @@
-"""All routers, gathered in one place. Prediction, model and admin routes need an API key when keys are
-configured; health, metrics and the v2 health/metadata routes stay open for orchestration."""
+"""All routers, gathered in one place. Prediction, model, admin, feedback and monitoring routes need an API key
+when keys are configured; health, metrics and the v2 health/metadata routes stay open for orchestration."""
 
 from fastapi import APIRouter, Depends
 
-from app.routes import admin, health, models, predict, prometheus, v2
+from app.routes import admin, feedback, health, models, monitoring, predict, prometheus, v2
 from app.security import require_api_key
 
 router = APIRouter()
@@ -12,6 +12,8 @@ router.include_router(predict.router, dependencies=protected)
 router.include_router(models.router, dependencies=protected)
 router.include_router(admin.router, dependencies=protected)
 router.include_router(v2.router, dependencies=protected)
+router.include_router(feedback.router, dependencies=protected)
+router.include_router(monitoring.router, dependencies=protected)
 router.include_router(v2.open_router)
 router.include_router(health.router)
 router.include_router(prometheus.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.dependencies import ManagerDep
@@ -22,8 +22,10 @@ async def live(manager: ManagerDep) -> JSONResponse:
 
 @router.get("/ready", response_model=Health, responses={503: {"model": Health}},
             summary="Model loaded and warm, batcher running, not shutting down")
-async def ready(manager: ManagerDep) -> JSONResponse:
+async def ready(request: Request, manager: ManagerDep) -> JSONResponse:
     reason = manager.not_ready_reason()
+    if reason is None:  # fail-closed audit (CXR_AUDIT_REQUIRED=true): not ready while its store is unreachable
+        reason = request.app.state.audit.not_ready_reason()
     if reason is not None:
         return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
     return JSONResponse({"status": "ready", "model": manager.current.describe()})

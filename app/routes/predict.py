@@ -43,22 +43,24 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
 async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                   file: Annotated[UploadFile, File(description="the image file")]) -> dict[str, object] | Response:
-    media_type = negotiate(request.headers.get("accept"))  # 406 before any work
-    if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
-        raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
-    data = await read_upload(file, settings)
-    if media_type == JSON:
-        prediction = await dataplane.predict_image(data)
-        return prediction.as_dict(request_id)
-    check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
-    prediction = await dataplane.predict_image(data)
-    body = await asyncio.to_thread(render_bytes, media_type, prediction, data, request_id)
-    return Response(body, media_type=media_type)
+    # the audit records this answer or refusal exactly once, however the block ends
+    async with request.app.state.audit.track_request(request, request_id) as ticket:
+        media_type = negotiate(request.headers.get("accept"))  # 406 before any work
+        if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
+            raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
+        data = await read_upload(file, settings)
+        if media_type == JSON:
+            prediction = await dataplane.predict_image(data, ticket=ticket)
+            return prediction.as_dict(request_id)
+        check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
+        prediction = await dataplane.predict_image(data, ticket=ticket)
+        body = await asyncio.to_thread(render_bytes, media_type, prediction, data, request_id)
+        return Response(body, media_type=media_type)
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
              summary="Classify several X-rays; one result or one error per file, in order")
-async def predict_batch(dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
+async def predict_batch(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                         files: Annotated[list[UploadFile], File(description="the image files")]) -> dict[str, object]:
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"{len(files)} files sent; at most {settings.max_batch_files} per request")
@@ -66,8 +68,9 @@ async def predict_batch(dataplane: DataPlaneDep, settings: SettingsDep, request_
     async def one(index: int, upload: UploadFile) -> dict[str, object]:
         item_id = f"{request_id}-{index}"
         try:
-            data = await read_upload(upload, settings)
-            prediction = await dataplane.predict_image(data)
+            async with request.app.state.audit.track_request(request, item_id) as ticket:
+                data = await read_upload(upload, settings)
+                prediction = await dataplane.predict_image(data, ticket=ticket)
         except Exception as exc:  # one bad file must not fail the others
             status, code, message = classify(exc)
             if status >= 500:

@@ -57,6 +57,7 @@ class V2Error(ServiceError):
 def v2_error(exc: Exception, request: Request) -> JSONResponse:
     status, code, message = classify(exc)
     request_id = getattr(request.state, "request_id", "")
+    request.app.state.audit.refused_request(request.scope, status, code)  # unless an element was recorded
     if status >= 500:
         log.error("v2 request %s failed: %s", request_id, code, exc_info=exc)
     else:
@@ -95,7 +96,7 @@ async def server_live(request: Request) -> JSONResponse:
 
 @open_router.get("/health/ready", summary="Server ready", responses={503: {"description": "not ready"}})
 async def server_ready(request: Request) -> JSONResponse:
-    ready = _manager(request).not_ready_reason() is None
+    ready = _manager(request).not_ready_reason() is None and request.app.state.audit.not_ready_reason() is None
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -152,7 +153,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         header, binary = await read_infer_body(request)
         request_inputs, requested = parse_request(header, binary, model, request.app.state.settings.max_batch_files)
         dataplane: DataPlane = request.app.state.dataplane
-        predictions = await run_inputs(dataplane, request_inputs, model)
+        predictions = await run_inputs(dataplane, request_inputs, model, request)
         return build_response(header, model, predictions, requested)
     except Exception as exc:
         return v2_error(exc, request)
@@ -295,15 +296,18 @@ def requested_outputs(header: dict[str, Any]) -> dict[str, bool]:
     return chosen
 
 
-async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]], model: ServingModel
-                     ) -> list[Prediction]:
+async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]], model: ServingModel,
+                     request: Request) -> list[Prediction]:
     name, items = request_inputs
+    request_id = getattr(request.state, "request_id", "")
 
     async def one(index: int, item: Any) -> Prediction:
         try:
-            if name == IMAGE_INPUT:
-                return await dataplane.predict_image(item, model=model)
-            return await dataplane.predict_tensor(item, model=model)
+            # audited per element, as <request id>-<index> (the X-Request-ID header carries the request id)
+            async with request.app.state.audit.track_request(request, f"{request_id}-{index}") as ticket:
+                if name == IMAGE_INPUT:
+                    return await dataplane.predict_image(item, model=model, ticket=ticket)
+                return await dataplane.predict_tensor(item, model=model, ticket=ticket)
         except ServiceError:
             raise
         except Exception as exc:  # say which element was bad, keep the status its error class maps to

@@ -1,0 +1,135 @@
+"""The one place where every answer and every refusal becomes exactly one audit row.
+
+Per image: the transport wraps its work in ``async with audit.track(ticket)``: leaving it normally records the
+answer (the data plane put the prediction on the ticket), leaving it by an exception records the refusal with
+the status and code the error table maps that exception to. Per request: an error answered before any image
+was looked at (missing key, bad form, too many files, body over the limit) reaches ``refused_request`` from
+the error handlers, which records it unless an image of that request was already recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from types import TracebackType
+from typing import Any
+
+from starlette.requests import Request
+
+from app.audit.ticket import Ticket, answer_row, refusal_row
+from app.audit.writer import AuditWriter
+from app.errors import AuditUnavailableError, classify
+from app.security import key_matches, presented_key
+
+log = logging.getLogger("cxr.audit")
+
+RECORDED = "audit_recorded"  # request state flag: an answer or refusal of this request is recorded
+CLIENT_CLOSED = (499, "client_closed_request")
+
+
+def audited_path(method: str, path: str) -> bool:
+    """Requests that ask for a prediction: their answers and refusals are audited."""
+    if method != "POST":
+        return False
+    return path in ("/predict", "/predict/batch") or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
+class ClientLabels:
+    """The client of a request as a label: the API key's name, never the key. Keys carry no names, so each is
+    named ``key-<first 8 hex digits of its sha256>``: stable, and it cannot be turned back into the key."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self._labels = {key: "key-" + hashlib.sha256(key.encode()).hexdigest()[:8] for key in keys}
+
+    def of(self, headers_key: str | None) -> str:
+        if not self.keys:
+            return "anonymous"
+        if headers_key is None:
+            return "no-key"
+        if key_matches(headers_key, self.keys):
+            return self._labels[headers_key]
+        return "invalid-key"
+
+
+class Tracked:
+    """``async with hook.track(ticket)``: records the ticket exactly once, however the block ends."""
+
+    __slots__ = ("hook", "state", "ticket")
+
+    def __init__(self, hook: AuditHook, ticket: Ticket, state: dict[str, Any] | None) -> None:
+        self.hook, self.ticket, self.state = hook, ticket, state
+
+    async def __aenter__(self) -> Ticket:
+        try:
+            self.hook.check_open()
+        except AuditUnavailableError as exc:
+            self._record_refusal(exc)
+            raise
+        return self.ticket
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is None and self.ticket.prediction is not None:
+            self._mark()
+            self.hook.writer.enqueue(answer_row(self.ticket))
+        elif exc is None:  # the block ended without a prediction: a transport bug, still recorded
+            log.error("audit: request %s ended without a prediction", self.ticket.request_id)
+            self._mark()
+            self.hook.writer.enqueue(refusal_row(self.ticket, 500, "no_result"))
+        else:
+            self._record_refusal(exc)
+
+    def _record_refusal(self, exc: BaseException) -> None:
+        self._mark()
+        if isinstance(exc, asyncio.CancelledError):
+            status, code = CLIENT_CLOSED
+        elif isinstance(exc, Exception):
+            status, code, _ = classify(exc)
+        else:
+            status, code = 500, "internal_error"
+        self.hook.writer.enqueue(refusal_row(self.ticket, status, code, exc))
+
+    def _mark(self) -> None:
+        if self.state is not None:
+            self.state[RECORDED] = True
+
+
+class AuditHook:
+    def __init__(self, writer: AuditWriter, *, keys: list[str], salt: str | None, required: bool) -> None:
+        self.writer = writer
+        self.clients = ClientLabels(keys)
+        self.salt = salt
+        self.required = required
+
+    def check_open(self) -> None:
+        """Fail-closed mode: no answer that cannot be audited."""
+        if self.required and not self.writer.store_up:
+            raise AuditUnavailableError("the audit store is unreachable and CXR_AUDIT_REQUIRED=true",
+                                        retry_after=5)
+
+    def ticket(self, scope: dict[str, Any], request_id: str, client_key: str | None) -> Ticket:
+        route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+        return Ticket(request_id=request_id, route=route, client=self.clients.of(client_key), salt=self.salt)
+
+    def track_request(self, request: Any, item_id: str) -> Tracked:
+        """For an HTTP request (a Starlette ``Request``): the ticket of one image, tracked."""
+        ticket = self.ticket(request.scope, item_id, presented_key(request))
+        return Tracked(self, ticket, request.scope.setdefault("state", {}))
+
+    def track(self, ticket: Ticket, state: dict[str, Any] | None = None) -> Tracked:
+        """For other transports (e.g. a DICOM node): a ticket made by ``ticket()``, tracked."""
+        return Tracked(self, ticket, state)
+
+    def refused_request(self, scope: dict[str, Any], status: int, code: str) -> None:
+        """A request-level refusal (from the error handlers); ignored for other routes and when one of the
+        request's images is already recorded."""
+        if scope.get("type") != "http" or not audited_path(scope.get("method", ""), scope.get("path", "")):
+            return
+        state = scope.setdefault("state", {})
+        if state.get(RECORDED):
+            return
+        state[RECORDED] = True
+        ticket = self.ticket(scope, str(state.get("request_id", "")), presented_key(Request(scope)))
+        self.writer.enqueue(refusal_row(ticket, status, code))

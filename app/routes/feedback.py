@@ -1,0 +1,23 @@
+"""POST /feedback: a reader confirms (or corrects) an answer; the label feeds the live monitoring."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from app.audit.feedback import record_feedback
+from app.audit.schemas import FeedbackRequest, FeedbackResponse
+from app.schemas import ErrorResponse
+
+router = APIRouter(tags=["audit"])
+
+
+@router.post("/feedback", response_model=FeedbackResponse, status_code=201,
+             responses={status: {"model": ErrorResponse} for status in (401, 404, 422, 503)},
+             summary="Record the confirmed label of an answer (history kept; the latest label counts)")
+async def feedback(request: Request, body: FeedbackRequest) -> dict[str, object]:
+    audit = request.app.state.audit
+    engine = audit.require_store()
+    return await asyncio.to_thread(record_feedback, engine, audit.writer, body.request_id, body.label,
+                                   body.reader_id)

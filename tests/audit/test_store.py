@@ -1,0 +1,56 @@
+"""Migrations from an empty store and back, on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from audit_rows import answer
+from sqlalchemy import insert, inspect, select
+
+from app.audit import store
+from app.audit.models import AuditRecord
+
+
+def test_upgrade_from_empty_then_downgrade_then_upgrade(store_url: str) -> None:
+    engine = store.make_engine(store.resolve_url(store_url, None))  # type: ignore[arg-type]
+    try:
+        assert store.current_revision(engine) is None
+        store.upgrade(engine)
+        assert store.current_revision(engine) == "0001"
+        tables = set(inspect(engine).get_table_names())
+        assert {"audit_records", "audit_feedback", "alembic_version"} <= tables
+        indexes = {i["name"] for i in inspect(engine).get_indexes("audit_records")}
+        assert {"ix_audit_records_request_id", "ix_audit_records_created_at"} <= indexes
+
+        store.upgrade(engine)  # idempotent: every start runs it
+        when = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+        with engine.begin() as connection:
+            connection.execute(insert(AuditRecord), [answer("r1", 0.7, created=when)])
+        with engine.connect() as connection:
+            row = connection.execute(select(AuditRecord)).mappings().one()
+        assert row["created_at"] == when and row["created_at"].tzinfo is not None  # UTC in, UTC out
+        assert row["probabilities"] == {"NORMAL": 0.30000000000000004, "PNEUMONIA": 0.7}
+
+        store.downgrade(engine)
+        assert store.current_revision(engine) is None
+        assert not {"audit_records", "audit_feedback"} & set(inspect(engine).get_table_names())
+        store.upgrade(engine)
+        assert store.current_revision(engine) == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    engine = store.make_engine(store.resolve_url(None, tmp_path / "sub" / "audit.db"))
+    try:
+        store.upgrade(engine)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        engine.dispose()
+
+
+def test_bare_postgresql_url_means_psycopg3_and_password_never_shown() -> None:
+    url = store.resolve_url("postgresql://cxr:s3cret@db:5432/audit", None)  # type: ignore[arg-type]
+    assert url.startswith("postgresql+psycopg://")
+    assert "s3cret" not in store.safe_url(url)
