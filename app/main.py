@@ -36,15 +36,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
     audit = Audit(settings, metrics)
+    dicom_node = None
+    if settings.dicom_port is not None:
+        from app.dicom_node import DicomNode  # pynetdicom is loaded only where a DICOM node is configured
+
+        dicom_node = DicomNode(settings, dataplane, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = threading.Thread(target=manager.load_initial_logged, name="model-loader", daemon=True)
         loader.start()
         audit.start(manager)
+        if dicom_node is not None:
+            dicom_node.start(asyncio.get_running_loop())
         try:
             yield
         finally:
+            if dicom_node is not None:  # first: its accepted images still need the model
+                await asyncio.to_thread(dicom_node.stop, settings.graceful_timeout)
             # blocking drains, kept off the event loop so responses still in flight can be sent
             await asyncio.to_thread(manager.shutdown)
             await asyncio.to_thread(dataplane.close)
@@ -59,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     app.state.dataplane = dataplane
     app.state.audit = audit
+    app.state.dicom_node = dicom_node
     install_error_handlers(app)
     app.include_router(router)
 

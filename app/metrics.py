@@ -26,6 +26,19 @@ class Metrics:
         self.errors = Counter("cxr_errors", "Errors answered, by code", ["code"], registry=r)
         self.model_info = Info("cxr_model", "The active model", registry=r)
         self.ready = Gauge("cxr_ready", "1 when the service can serve predictions", registry=r)
+        # the DICOM node (labels never carry patient data: outcomes and codes only)
+        self.dicom_received = Counter("cxr_dicom_images_received", "C-STORE requests received by the DICOM node, "
+                                      "by outcome (accepted, not_ready, queue_full, shutting_down, not_allowed)",
+                                      ["outcome"], registry=r)
+        self.dicom_processed = Counter("cxr_dicom_images_processed", "Received images by outcome (reported: an "
+                                       "SR was made; refused: e.g. the gate or an undecodable image, by code)",
+                                       ["outcome", "code"], registry=r)
+        self.dicom_sr_sent = Counter("cxr_dicom_sr_sent", "SRs by delivery outcome (sent, failed after retries)",
+                                     ["outcome"], registry=r)
+        self.dicom_send_attempts = Counter("cxr_dicom_sr_send_attempts", "C-STORE attempts to the SR destination, "
+                                           "by result (success, failure)", ["result"], registry=r)
+        self.dicom_pending = Gauge("cxr_dicom_pending", "Images received by the DICOM node and not yet answered "
+                                   "with an SR (or dropped)", registry=r)
         # the audit trail (app/audit): writer health, and the rolling-window monitoring figures
         self.audit_buffered = Gauge("cxr_audit_buffered", "Audit records waiting to be written", registry=r)
         self.audit_store_up = Gauge("cxr_audit_store_up", "1 while the audit store is reachable", registry=r)

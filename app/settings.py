@@ -65,6 +65,31 @@ class Settings(BaseSettings):
     graceful_timeout: int = Field(30, ge=1, le=600, description="seconds to finish requests and drain the queue "
                                   "on shutdown, 1-600")
 
+    # The DICOM node (a PACS routes CR/DX images to it; the SR goes back by C-STORE). Off unless a port is set.
+    dicom_port: int | None = Field(None, ge=1, le=65535, description="DICOM (C-STORE) listening port, 1-65535, "
+                                   "e.g. 11112; unset = no DICOM node. Listens on CXR_HOST")
+    dicom_ae_title: str = Field("CXR_SERVE", description="this node's AE title: 1-16 characters, no backslash, "
+                                "e.g. CXR_SERVE (the PACS sends to it; the SR is sent from it)")
+    dicom_allowed_calling_aets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated AE titles allowed to send images, e.g. ORTHANC,PACS1; "
+                                          "empty = any calling AE (only on a trusted network)")
+    dicom_destination_host: str | None = Field(None, description="where SRs are sent (C-STORE): host name or "
+                                               "address of the PACS, e.g. pacs.hospital.org; required with "
+                                               "CXR_DICOM_PORT")
+    dicom_destination_port: int | None = Field(None, ge=1, le=65535, description="the PACS's DICOM port, "
+                                               "1-65535, e.g. 4242; required with CXR_DICOM_PORT")
+    dicom_destination_ae_title: str | None = Field(None, description="the PACS's AE title, 1-16 characters, "
+                                                   "e.g. ORTHANC; required with CXR_DICOM_PORT")
+    dicom_send_retries: int = Field(3, ge=0, le=20, description="extra attempts to deliver an SR after a failed "
+                                    "C-STORE, 0-20, e.g. 3 (then it is dropped with an error log and metric)")
+    dicom_retry_delay_s: float = Field(2.0, ge=0, le=600, description="seconds before the first retry, doubled "
+                                       "per retry, 0-600, e.g. 2")
+    dicom_queue_size: int = Field(32, ge=1, le=10_000, description="images received and not yet answered with "
+                                  "an SR, 1-10000, e.g. 32; beyond it C-STORE answers 'out of resources' "
+                                  "(0xA700) so the PACS retries later")
+    dicom_timeout_s: float = Field(30.0, ge=1, le=600, description="network timeout for DICOM associations, in "
+                                   "seconds, 1-600, e.g. 30")
+
     audit_enabled: bool = Field(True, description="record every answer and refusal in the audit store: true or "
                                 "false (false also turns off /feedback and /monitoring)")
     audit_url: str | None = Field(None, description="audit store URL, e.g. postgresql://cxr:secret@db:5432/cxr_audit "
@@ -123,6 +148,37 @@ class Settings(BaseSettings):
         if not self.model_store.is_dir():
             raise ValueError(f"CXR_MODEL_STORE={self.model_store} is not a directory "
                              "(expected <store>/<name>/<version>/model.h5)")
+        return self
+
+    @field_validator("dicom_allowed_calling_aets", mode="before")
+    @classmethod
+    def split_aets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("dicom_ae_title", "dicom_destination_ae_title")
+    @classmethod
+    def check_ae_title(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or len(value.strip()) > 16 or "\\" in value
+                                  or not value.isprintable()):
+            raise ValueError(f"{value!r} is not an AE title: 1-16 printable characters, no backslash")
+        return value.strip() if value is not None else None
+
+    @field_validator("dicom_allowed_calling_aets")
+    @classmethod
+    def check_calling_aets(cls, values: list[str]) -> list[str]:
+        for value in values:
+            cls.check_ae_title(value)
+        return values
+
+    @model_validator(mode="after")
+    def check_dicom_destination(self) -> Settings:
+        if self.dicom_port is not None:
+            missing = [f"CXR_{name.upper()}" for name in ("dicom_destination_host", "dicom_destination_port",
+                                                         "dicom_destination_ae_title") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"CXR_DICOM_PORT is set, so the SR destination is needed: set {', '.join(missing)}")
         return self
 
     @classmethod

@@ -24,6 +24,9 @@ async def live(manager: ManagerDep) -> JSONResponse:
             summary="Model loaded and warm, batcher running, not shutting down")
 async def ready(request: Request, manager: ManagerDep) -> JSONResponse:
     reason = manager.not_ready_reason()
+    node = getattr(request.app.state, "dicom_node", None)  # the DICOM node, where one is configured
+    if reason is None and node is not None:
+        reason = node.not_ready_reason()
     if reason is None:  # fail-closed audit (CXR_AUDIT_REQUIRED=true): not ready while its store is unreachable
         reason = request.app.state.audit.not_ready_reason()
     if reason is not None:

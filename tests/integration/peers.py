@@ -77,7 +77,7 @@ class SrSink:
             self._server.shutdown()
             self._server = None
 
-    def wait_for(self, count: int, timeout: float = 60.0) -> list[Dataset]:
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Dataset]:
         deadline = time.monotonic() + timeout
         with self._arrived:
             while len(self.received) < count:

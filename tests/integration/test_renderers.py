@@ -12,7 +12,7 @@ import highdicom as hd
 import pytest
 from app_harness import wait_ready
 from chest_dicom import chest_dicom
-from conftest import GATE_SETTINGS
+from conftest import GATE_SETTINGS, pick_films
 from fastapi.testclient import TestClient
 from fhir.resources.device import Device
 from fhir.resources.diagnosticreport import DiagnosticReport
@@ -39,6 +39,11 @@ def client(shipped_model: Path) -> Iterator[TestClient]:
         yield test_client
     if WARNINGS:
         print("\ndciodvfy warnings:\n" + "\n".join(sorted(set(WARNINGS))))
+
+
+@pytest.fixture(scope="module")
+def films(client: TestClient, fullres_images: list[Path]) -> dict:
+    return pick_films(fullres_images, lambda data: post(client, data, "film.dcm").status_code == 200)
 
 
 def post(client: TestClient, data: bytes, name: str, accept: str | None = None):

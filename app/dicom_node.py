@@ -1,0 +1,316 @@
+"""The DICOM node: a transport like the HTTP routes, for PACS that route images instead of calling REST.
+
+C-STORE in (pynetdicom SCP: CR and DX images, configured AE title and calling AEs) -> the same DataPlane
+(decode, gate, batcher, model) -> the DICOM SR renderer -> C-STORE out (SCU) to the configured destination.
+
+- Back-pressure: at most ``CXR_DICOM_QUEUE_SIZE`` images are in the node (received, not yet answered with an SR
+  or dropped); beyond that, and while the model is not ready or the node drains, C-STORE answers 0xA700 "out of
+  resources" so the PACS keeps the image and retries later. An accepted image is answered with success at once;
+  its result follows as an SR.
+- A refused image (the gate, an undecodable file) gets no SR: a log line and ``cxr_dicom_images_processed``.
+- Delivery: bounded retries with doubling delay; after the last one, an error log line and
+  ``cxr_dicom_sr_sent_total{outcome="failed"}``. Nothing waits forever: every association has timeouts.
+- Logs and metrics carry a job id, the calling AE and error codes, never patient data (nor DICOM UIDs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Comprehensive3DSRStorage, Verification
+
+from app.dataplane import DataPlane, Prediction
+from app.errors import ServiceError, classify
+from app.metrics import Metrics
+from app.settings import Settings
+
+log = logging.getLogger("cxr.dicom")
+
+IMAGE_SOP_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                     DigitalXRayImageStorageForProcessing)
+_CANDIDATE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                       ExplicitVRBigEndian, RLELossless, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless,
+                       JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000)
+SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
+_OK_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, and the warnings that still store
+PREDICT_ATTEMPTS = 5  # an overloaded batcher (503) is waited out this often before the image is dropped
+_STOP = object()
+
+RenderSR = Callable[[Prediction, bytes], Dataset]
+
+
+def decodable_syntaxes() -> list[UID]:
+    """Transfer syntaxes offered to the PACS: only those the installed pixel decoders can read (the PACS
+    transcodes anything else, or reports that it cannot)."""
+    usable = []
+    for syntax in _CANDIDATE_SYNTAXES:
+        try:
+            if get_decoder(syntax).is_available:
+                usable.append(syntax)
+        except NotImplementedError:
+            continue
+    return usable
+
+
+def default_render_sr(prediction: Prediction, data: bytes) -> Dataset:
+    from app.renderers import dicom_sr
+
+    return dicom_sr.build_sr(prediction, dicom_sr.read_source(data))
+
+
+@dataclass
+class Outgoing:
+    job: str
+    sr: Dataset
+
+
+class DicomNode:
+    def __init__(self, settings: Settings, dataplane: DataPlane, metrics: Metrics,
+                 render_sr: RenderSR = default_render_sr) -> None:
+        self.settings = settings
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self.render_sr = render_sr
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ae: AE | None = None
+        self._server: Any = None
+        self._sender: threading.Thread | None = None
+        self._jobs = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:6]
+
+    # -- life cycle ------------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Binds the listening port (raises if it is taken) and starts the sender; called in the lifespan."""
+        from app.renderers import dicom_sr  # noqa: F401  (highdicom imported now, not on the first image)
+
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines narrate every association
+        s = self.settings
+        self._loop = loop
+        ae = AE(ae_title=s.dicom_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = s.dicom_timeout_s
+        ae.connection_timeout = s.dicom_timeout_s
+        ae.maximum_associations = 16
+        syntaxes = decodable_syntaxes()
+        for sop_class in IMAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes)
+        ae.add_supported_context(Verification)  # C-ECHO: the PACS's "test connection" button
+        ae.add_requested_context(Comprehensive3DSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.require_calling_aet = list(s.dicom_allowed_calling_aets)
+        self._ae = ae
+        self._sender = threading.Thread(target=self._send_loop, name="dicom-sender", daemon=True)
+        self._sender.start()
+        self._server = ae.start_server((s.host, s.dicom_port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                     (evt.EVT_REJECTED, self._on_rejected)])
+        log.info("DICOM node %s listening on %s:%d; SRs go to %s@%s:%d", s.dicom_ae_title, s.host, s.dicom_port,
+                 s.dicom_destination_ae_title, s.dicom_destination_host, s.dicom_destination_port)
+
+    def not_ready_reason(self) -> str | None:
+        if self._stopping.is_set():
+            return "DICOM node shutting down"
+        if self._server is None:
+            return "DICOM node not started"
+        if not self._server_thread_alive():
+            return "DICOM node listener stopped"
+        if self._sender is None or not self._sender.is_alive():
+            return "DICOM node sender stopped"
+        return None
+
+    def _server_thread_alive(self) -> bool:
+        return self._server.socket.fileno() >= 0  # -1 once pynetdicom's server has closed its socket
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def stop(self, timeout: float) -> None:
+        """Drains like HTTP: stop taking images, finish and deliver those accepted (up to ``timeout`` s), then
+        close. Blocking: the lifespan calls it in a thread while the event loop finishes the predictions."""
+        if self._ae is None:
+            return
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()  # no new associations; open ones get 0xA700 for further images
+        with self._idle:
+            while self._pending > 0 and time.monotonic() < deadline:
+                self._idle.wait(max(0.01, min(0.5, deadline - time.monotonic())))
+            left = self._pending
+        self._outbox.put(_STOP)
+        if self._sender is not None:
+            self._sender.join(max(0.1, deadline - time.monotonic()))
+        self._ae.shutdown()
+        if left:
+            log.error("DICOM node stopped with %d image(s) not answered with an SR (drain timeout %.0f s)",
+                      left, timeout)
+        else:
+            log.info("DICOM node stopped; every accepted image was answered")
+
+    # -- receiving (pynetdicom's association threads) --------------------------------------------------
+    def _on_rejected(self, event: Any) -> None:
+        self.metrics.dicom_received.labels("not_allowed").inc()
+        log.warning("DICOM association from %s refused (calling AE not allowed or not acceptable)",
+                    event.assoc.requestor.ae_title)
+
+    def _on_store(self, event: Any) -> int:
+        job = f"{self._prefix}-{next(self._jobs)}"
+        calling = event.assoc.requestor.ae_title
+        outcome = self._admit()
+        if outcome != "accepted":
+            self.metrics.dicom_received.labels(outcome).inc()
+            log.warning("DICOM image %s from %s not taken (%s); answered 0xA700 so the sender retries later",
+                        job, calling, outcome)
+            return OUT_OF_RESOURCES
+        self.metrics.dicom_received.labels("accepted").inc()
+        try:
+            data = event.encoded_dataset(include_meta=True)  # as sent: the data plane decodes the Part 10 bytes
+            assert self._loop is not None
+            asyncio.run_coroutine_threadsafe(self._process(data, job, calling), self._loop)
+        except Exception:
+            self._release()
+            log.exception("DICOM image %s from %s could not be queued", job, calling)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+    def _admit(self) -> str:
+        if self._stopping.is_set():
+            return "shutting_down"
+        if self.dataplane.manager.not_ready_reason() is not None:
+            return "not_ready"
+        with self._lock:
+            if self._pending >= self.settings.dicom_queue_size:
+                return "queue_full"
+            self._pending += 1
+            self.metrics.dicom_pending.set(self._pending)
+        return "accepted"
+
+    def _release(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self.metrics.dicom_pending.set(self._pending)
+            self._idle.notify_all()
+
+    # -- processing (the app's event loop) -------------------------------------------------------------
+    async def _process(self, data: bytes, job: str, calling: str) -> None:
+        handed_over = False
+        try:
+            prediction = await self._predict(data)
+            sr = await asyncio.to_thread(self.render_sr, prediction, data)
+            self.metrics.dicom_processed.labels("reported", "").inc()
+            self._outbox.put(Outgoing(job, sr))
+            handed_over = True
+            log.info("DICOM image %s from %s: %s (model %s v%s); SR queued for %s", job, calling,
+                     prediction.label, prediction.model.metadata.name, prediction.model.version,
+                     self.settings.dicom_destination_ae_title)
+        except Exception as exc:
+            status, code, message = classify(exc)
+            if status >= 500 and not isinstance(exc, ServiceError):
+                log.error("DICOM image %s from %s failed: %s (%s); no SR", job, calling, code, type(exc).__name__)
+                self.metrics.dicom_processed.labels("failed", code).inc()
+            else:
+                log.warning("DICOM image %s from %s refused: %d %s: %s; no SR", job, calling, status, code, message)
+                self.metrics.dicom_processed.labels("refused", code).inc()
+        finally:
+            if not handed_over:
+                self._release()
+
+    async def _predict(self, data: bytes) -> Prediction:
+        for attempt in range(PREDICT_ATTEMPTS):
+            try:
+                return await self.dataplane.predict_image(data)
+            except ServiceError as exc:
+                if exc.status != 503 or attempt == PREDICT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(5.0, exc.retry_after or 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    # -- sending (one thread; one association per SR) --------------------------------------------------
+    def _send_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is _STOP:
+                return
+            try:
+                self._deliver(item)
+            except Exception:  # the sender must survive anything one SR does
+                log.exception("DICOM SR for image %s: unexpected error while sending", item.job)
+                self.metrics.dicom_sr_sent.labels("failed").inc()
+            finally:
+                self._release()
+
+    def _deliver(self, item: Outgoing) -> None:
+        s = self.settings
+        target = f"{s.dicom_destination_ae_title}@{s.dicom_destination_host}:{s.dicom_destination_port}"
+        attempts = s.dicom_send_retries + 1
+        reason = "not attempted"
+        for attempt in range(attempts):
+            if attempt:
+                delay = s.dicom_retry_delay_s * 2 ** (attempt - 1)
+                log.warning("DICOM SR for image %s: attempt %d/%d to %s failed (%s); retrying in %.1f s",
+                            item.job, attempt, attempts, target, reason, delay)
+                time.sleep(delay)
+            reason = self._store_once(item.sr)
+            if reason is None:
+                self.metrics.dicom_send_attempts.labels("success").inc()
+                self.metrics.dicom_sr_sent.labels("sent").inc()
+                log.info("DICOM SR for image %s delivered to %s", item.job, target)
+                return
+            self.metrics.dicom_send_attempts.labels("failure").inc()
+        self.metrics.dicom_sr_sent.labels("failed").inc()
+        log.error("DICOM SR for image %s NOT delivered to %s after %d attempt(s): %s; dropped",
+                  item.job, target, attempts, reason)
+
+    def _store_once(self, sr: Dataset) -> str | None:
+        """None on success, else why not (no patient data in it)."""
+        s = self.settings
+        assert self._ae is not None
+        assoc = self._ae.associate(s.dicom_destination_host, s.dicom_destination_port,
+                                   ae_title=s.dicom_destination_ae_title)
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                return "association rejected by the destination (check its AE title and allowed callers)"
+            return "cannot connect or association aborted"
+        try:
+            status = assoc.send_c_store(sr)
+        except Exception as exc:
+            assoc.abort()
+            return f"C-STORE failed: {type(exc).__name__}"
+        assoc.release()
+        if not status or "Status" not in status:
+            return "no C-STORE response (timeout or connection lost)"
+        code = int(status.Status)
+        return None if code in _OK_STATUSES else f"C-STORE status 0x{code:04X}"
