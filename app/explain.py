@@ -217,7 +217,7 @@ def _lookup_table() -> np.ndarray:
     low = np.minimum(position.astype(np.int32), len(_RAMP) - 2)
     frac = (position - low)[:, None]
     rgb = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
-    alpha = _MAX_ALPHA * np.linspace(0, 1, 256) ** 0.7 * 255
+    alpha = _MAX_ALPHA * np.linspace(0, 1, 256) * 255  # linear: cold regions stay nearly clear
     return np.concatenate([rgb, alpha[:, None]], axis=1).round().astype(np.uint8)
 
 

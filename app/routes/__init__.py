@@ -3,7 +3,7 @@ when keys are configured; health, metrics and the v2 health/metadata routes stay
 
 from fastapi import APIRouter, Depends
 
-from app.routes import admin, feedback, health, models, monitoring, predict, prometheus, v2
+from app.routes import admin, feedback, health, models, monitoring, predict, prometheus, ui, v2
 from app.security import require_api_key
 
 router = APIRouter()
@@ -17,3 +17,5 @@ router.include_router(monitoring.router, dependencies=protected)
 router.include_router(v2.open_router)
 router.include_router(health.router)
 router.include_router(prometheus.router)
+router.include_router(ui.router)  # the review page: static, holds no data
+router.include_router(ui.protected_router, dependencies=protected)

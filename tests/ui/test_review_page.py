@@ -1,0 +1,220 @@
+"""The review page in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against the
+real service process (`cxr-serve` on a free loopback port, API keys on). Screenshots of every step are kept under
+runs/test-artifacts/review-page/ (or $CXR_TEST_ARTIFACTS) for a person to look at."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from app_harness import free_port
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver"))
+KEY = "review-page-test-key-0123456789"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 90
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    folder = Path(os.environ.get("CXR_TEST_ARTIFACTS", REPO_ROOT / "runs" / "test-artifacts")) / "review-page"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service(shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`cxr-serve` as its own process, as deployed: default settings plus API keys. The input gate and the audit
+    trail are off here (they have their own tests; the page shows their refusals and warnings as any other)."""
+    script = Path(sys.executable).parent / "cxr-serve"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    port = free_port()
+    env = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_API_KEYS": KEY, "CXR_GATE": "off",
+           "CXR_AUDIT_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("CXR_MODEL_STORE", None)
+    log_path = tmp_path_factory.mktemp("service") / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"cxr-serve exited early:\n{log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"Chromium or chromedriver not found at {CHROMIUM} / {CHROMEDRIVER} "
+                    "(apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                     "--window-size=1400,1150", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def by_id(driver, name: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, name)
+
+
+def open_page(driver, url: str) -> None:
+    driver.get(url + "/")  # the root redirects to the page
+    wait_for(driver, lambda d: by_id(d, "key-row").is_displayed())  # keys are configured: the field shows
+
+
+def wait_for(driver, condition) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S).until(condition)
+
+
+def choose(driver, path: Path) -> None:
+    by_id(driver, "file-input").send_keys(str(path))  # as a person picking the file: analysed at once
+
+
+def screenshot(driver, path: Path) -> None:
+    """The whole page, not just the window: grow the window to the document's height first."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, max(900, height + 40))
+    driver.save_screenshot(str(path))
+
+
+def outcome_shown(driver) -> bool:
+    return by_id(driver, "result").is_displayed() or by_id(driver, "error").is_displayed()
+
+
+def console_problems(driver) -> list[str]:
+    """JavaScript errors and policy violations; failed requests the test provoked on purpose (4xx) are fine."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and "the server responded with a status of 4" not in entry["message"]]
+
+
+def test_page_is_labelled_and_keyboard_reachable(service, browser, artifacts):
+    open_page(browser, service)
+    assert browser.title.startswith("cxr-serve")
+    assert "not a diagnosis" in by_id(browser, "notice").text
+    unlabelled = browser.execute_script(
+        "return [...document.querySelectorAll('input, button')]"
+        ".filter(e => !e.labels?.length && !e.getAttribute('aria-label') && e.tagName !== 'BUTTON')"
+        ".map(e => e.id)")
+    assert unlabelled == []
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element("tag name", "body").send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "file-input"  # first stop: choose a file
+    screenshot(browser, artifacts / "01-empty-page.png")
+    assert console_problems(browser) == []
+
+
+def test_missing_key_and_a_text_file_are_explained_in_plain_words(service, browser, artifacts, fullres_images,
+                                                                  tmp_path):
+    open_page(browser, service)
+    choose(browser, fullres_images[0])
+    wait_for(browser, outcome_shown)
+    assert by_id(browser, "error").is_displayed() and not by_id(browser, "result").is_displayed()
+    assert "needs a valid API key" in by_id(browser, "error-title").text
+    screenshot(browser, artifacts / "02-missing-key.png")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Patient seen today, see attached.\n")
+    by_id(browser, "api-key").send_keys(KEY)
+    choose(browser, notes)
+    wait_for(browser, lambda d: "not an image" in by_id(d, "error-title").text)
+    assert "unrecognised image format" in by_id(browser, "error-detail").text  # the server's own message
+    assert by_id(browser, "error-id").text.startswith("Request id: ")
+    assert not by_id(browser, "result").is_displayed()
+    screenshot(browser, artifacts / "03-text-file-refused.png")
+    assert console_problems(browser) == []
+
+
+def test_a_real_xray_shows_decision_probabilities_and_heatmap(service, browser, artifacts, fullres_images):
+    film = fullres_images[-1]  # a PNEUMONIA film from the shared data
+    expected = httpx.post(f"{service}/predict", files={"file": (film.name, film.read_bytes())},
+                          headers={"X-API-Key": KEY}, timeout=60).json()
+    open_page(browser, service)
+    by_id(browser, "api-key").send_keys(KEY)
+    choose(browser, film)
+    wait_for(browser, outcome_shown)
+    assert not by_id(browser, "error").is_displayed(), by_id(browser, "error").text
+    wait_for(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('image'), o = document.getElementById('overlay');"
+        "return i.complete && i.naturalWidth > 0 && o.complete && o.naturalWidth > 0"))
+
+    decision = by_id(browser, "decision").text
+    assert decision.splitlines()[0] == expected["prediction"]
+    assert f"{100 * expected['threshold']:.1f}%" in decision
+    shown = {item.get_attribute("data-class-name"): item.find_element("css selector", ".probability-value").text
+             for item in browser.find_elements("css selector", "#probabilities li")}
+    assert shown == {name: f"{100 * p:.1f}%" for name, p in expected["probabilities"].items()}
+    marks = browser.find_elements("css selector", "#probabilities .threshold")
+    assert len(marks) == 1  # on the positive class's bar
+    model = expected["model"]
+    assert by_id(browser, "model").text.startswith(f"{model['name']} version {model['version']}")
+    assert len(by_id(browser, "request-id").text) >= 8
+    assert "Grad-CAM on layer" in by_id(browser, "explained").text
+
+    source = by_id(browser, "overlay").get_attribute("src")
+    assert source.startswith("data:image/png;base64,")
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))))
+    assert overlay.shape[2] == 4 and overlay[..., 3].max() > 100  # a non-empty heatmap
+    size = browser.execute_script(
+        "const i = document.getElementById('image').getBoundingClientRect(),"
+        " o = document.getElementById('overlay').getBoundingClientRect();"
+        "return [i.width, i.height, o.width, o.height, i.left - o.left, i.top - o.top]")
+    assert size[0] > 100 and size[2:4] == pytest.approx(size[0:2], abs=1) and size[4:] == pytest.approx([0, 0], abs=1)
+    screenshot(browser, artifacts / "04-result-with-heatmap.png")
+
+    from selenium.webdriver.common.keys import Keys
+
+    slider = by_id(browser, "opacity")
+    slider.send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT)  # keyboard only: 70% -> 60%
+    assert by_id(browser, "opacity-value").text == "60%"
+    assert float(by_id(browser, "overlay").value_of_css_property("opacity")) == pytest.approx(0.6)
+    slider.send_keys(Keys.HOME)
+    assert float(by_id(browser, "overlay").value_of_css_property("opacity")) == 0
+    screenshot(browser, artifacts / "05-heatmap-faded-out.png")
+    assert console_problems(browser) == []
+
