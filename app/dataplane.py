@@ -10,17 +10,20 @@ import asyncio
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.audit.ticket import Ticket
 from app.batching import BatchResult
-from app.errors import InvalidInputError, NotReadyError
+from app.errors import InvalidInputError, NotAChestXrayError, NotReadyError
+from app.explain import ExplainerCache, Explanation
+from app.gate import REFUSAL_SENTENCE, GateResult
 from app.metrics import Metrics
 from app.model_manager import ModelManager, ServingModel
 from app.settings import Settings
-from model_store.imaging import decode
+from model_store.calibration import apply_temperature
+from model_store.imaging import decode, sniff_format
 from model_store.preprocessing import PreprocessingError, preprocess
 
 NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
@@ -31,6 +34,9 @@ class Prediction:
     model: ServingModel
     probabilities: np.ndarray
     timing_ms: dict[str, float]
+    gate: GateResult | None = None  # None only where the gate cannot see the image (FP32 tensors) or is off
+    warnings: list[str] = field(default_factory=list)
+    explanation: Explanation | None = None  # Grad-CAM, only when asked for (explain=true)
 
     @property
     def class_names(self) -> list[str]:
@@ -56,6 +62,9 @@ class Prediction:
             "model": self.model.describe(),
             "request_id": request_id,
             "timing_ms": self.timing_ms,
+            "gate": self.gate.as_dict() if self.gate is not None else None,
+            "warnings": self.warnings,
+            **({"explanation": self.explanation.as_dict()} if self.explanation is not None else {}),
             "notice": NOTICE,
         }
 
@@ -71,6 +80,17 @@ def check_shape(image: np.ndarray, min_side: int, max_aspect: float) -> None:
                                  "send the whole radiograph")
 
 
+@dataclass
+class Prepared:
+    """One decoded, gated, preprocessed upload, ready for the batcher."""
+
+    x: np.ndarray
+    decode_s: float
+    gate: GateResult | None
+    warnings: list[str]
+    image_shape: tuple[int, ...] = ()  # the decoded upload's (height, width): explanations land on it
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -81,32 +101,57 @@ class DataPlane:
         self.manager = manager
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+        self.explainers = ExplainerCache(settings.explain_layer)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None) -> tuple[np.ndarray, float]:
+    def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None) -> Prepared:
+        """decode -> gate -> preprocess, in a decode thread. The gate refuses (raises) before the model."""
         started = time.perf_counter()
         if ticket is not None:  # the audit's input hash and format, here so hashing stays off the event loop
             ticket.describe_bytes(data)
         spec = model.metadata.preprocessing
-        image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
-        check_shape(image, self.settings.min_image_side, self.settings.max_aspect_ratio)
+        gate = self.manager.gate
+        try:
+            warnings = gate.check_header(data, sniff_format(data))  # DICOM header rules: before any pixel
+            image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
+            check_shape(image, self.settings.min_image_side, self.settings.max_aspect_ratio)
+            verdict = gate.check_pixels(image)
+        except NotAChestXrayError as refusal:
+            self.metrics.gate_refusals.labels(refusal.rule).inc()
+            raise
+        if verdict is not None and not verdict.passed:
+            self.metrics.gate_flags.inc()
+            warnings.append(f"flagged by the input gate: {REFUSAL_SENTENCE} (gate score {verdict.score:.3f})")
         x = preprocess(image, spec)
-        return x, time.perf_counter() - started
+        return Prepared(x, time.perf_counter() - started, verdict, warnings, image.shape[:2])
 
-    async def predict_image(self, data: bytes, model: ServingModel | None = None, ticket: Ticket | None = None
-                            ) -> Prediction:
+    async def predict_image(self, data: bytes, model: ServingModel | None = None, ticket: Ticket | None = None,
+                            *, explain: bool = False) -> Prediction:
         """Encoded image bytes -> prediction with the active model (or the one given). ``ticket``: the audit
-        trail's record in the making (the transport's ``audit.track_request``), given the input and result."""
+        trail's record in the making (the transport's ``audit.track_request``), given the input and result.
+        ``explain``: add a Grad-CAM map, computed in a decode thread beside the batched model call."""
         started = time.perf_counter()
         model = model or self.manager.current
         loop = asyncio.get_running_loop()
         with model.batcher.expecting():  # the batcher may wait (up to max delay) for this image while it decodes
-            x, decode_s = await loop.run_in_executor(self.pool, self._prepare, data, model, ticket)
-            self.metrics.stage.labels("decode", model.metadata.name).observe(decode_s)
-            submitted = self._submit(x, model)
-        prediction = await self._finish(submitted, decode_s, started)
+            prepared = await loop.run_in_executor(self.pool, self._prepare, data, model, ticket)
+            self.metrics.stage.labels("decode", model.metadata.name).observe(prepared.decode_s)
+            submitted = self._submit(prepared.x, model)
+        explaining = loop.run_in_executor(self.pool, self.explainers.explain, model, prepared.x,
+                                          prepared.image_shape, self.settings.explain_overlay_max_side) \
+            if explain else None  # refused images never get here: no map
+        try:
+            prediction = await self._finish(submitted, prepared.decode_s, started)
+        except BaseException:
+            if explaining is not None:
+                explaining.cancel()  # nobody will read it
+            raise
+        prediction.gate, prediction.warnings = prepared.gate, prepared.warnings
+        if explaining is not None:
+            prediction.explanation = await explaining
+            self.metrics.stage.labels("explain", model.metadata.name).observe(prediction.explanation.timing_ms / 1000)
         if ticket is not None:
             ticket.prediction = prediction
         return prediction
@@ -150,7 +195,9 @@ class DataPlane:
         self.metrics.stage.labels("queue", name).observe(result.queue_s)
         self.metrics.stage.labels("inference", name).observe(result.inference_s)
         # total is wall time in the core, so it includes any wait for a decode thread
-        prediction = Prediction(model=model, probabilities=result.output, timing_ms={
+        # calibrate: the stored temperature (1.0 = none), the same function training fitted it with
+        probabilities = apply_temperature(result.output, model.metadata.temperature)
+        prediction = Prediction(model=model, probabilities=probabilities, timing_ms={
             "decode": round(decode_s * 1000, 3), "queue": round(result.queue_s * 1000, 3),
             "inference": round(result.inference_s * 1000, 3),
             "total": round((time.perf_counter() - started) * 1000, 3)})

@@ -26,10 +26,12 @@ class ServiceError(Exception):
     code = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.details = details  # machine-readable extras, sent as error.details (e.g. the gate score)
 
 
 class UploadTooLargeError(ServiceError):
@@ -88,6 +90,17 @@ class DicomRequiredError(ServiceError):
     code, status = "dicom_required", 415
 
 
+class NotAChestXrayError(ServiceError):
+    """The input gate refused the image (a DICOM header rule or the gate model); ``rule`` says which, for
+    metrics and the audit trail."""
+
+    code, status = "not_a_chest_xray", 422
+
+    def __init__(self, message: str, *, rule: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.rule = rule
+
+
 # (exception type, HTTP status, code): first match wins, so subclasses come before their bases
 ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (ImageTooLargeError, 413, "image_too_large"),
@@ -134,16 +147,21 @@ def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "") or ""
 
 
-def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message, "request_id": request_id}}
+def error_body(code: str, message: str, request_id: str, details: dict[str, Any] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
+    if details:
+        body["details"] = details
+    return {"error": body}
 
 
 def error_response(status: int, code: str, message: str, request_id: str,
-                   retry_after: float | None = None, *, headers: dict[str, str] | None = None) -> JSONResponse:
+                   retry_after: float | None = None, *, headers: dict[str, str] | None = None,
+                   details: dict[str, Any] | None = None) -> JSONResponse:
     headers = {**(headers or {}), **({"X-Request-ID": request_id} if request_id else {})}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after)))
-    return JSONResponse(error_body(code, message, request_id), status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, request_id, details), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -158,7 +176,8 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("request %s failed: %s", request_id, code, exc_info=exc)
         else:
             log.info("request %s rejected: %s %s: %s", request_id, status, code, message)
-        return error_response(status, code, message, request_id, getattr(exc, "retry_after", None))
+        return error_response(status, code, message, request_id, getattr(exc, "retry_after", None),
+                              details=getattr(exc, "details", None))
 
     app.add_exception_handler(ServiceError, any_error)  # type: ignore[arg-type]
     for kind, _, _ in ERROR_TABLE:

@@ -23,22 +23,13 @@ class Metrics:
                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("cxr_queue_depth", "Images waiting for a batch", registry=r)
         self.predictions = Counter("cxr_predictions", "Predictions by class", ["model", "prediction"], registry=r)
+        self.gate_refusals = Counter("cxr_gate_refusals", "Images refused by the input gate, by reason (modality, "
+                                     "body_part, view_position, gate_model)", ["reason"], registry=r)
+        self.gate_flags = Counter("cxr_gate_flags", "Images the gate would refuse, answered and flagged "
+                                  "(CXR_GATE=flag)", registry=r)
         self.errors = Counter("cxr_errors", "Errors answered, by code", ["code"], registry=r)
         self.model_info = Info("cxr_model", "The active model", registry=r)
         self.ready = Gauge("cxr_ready", "1 when the service can serve predictions", registry=r)
-        # the DICOM node (labels never carry patient data: outcomes and codes only)
-        self.dicom_received = Counter("cxr_dicom_images_received", "C-STORE requests received by the DICOM node, "
-                                      "by outcome (accepted, not_ready, queue_full, shutting_down, not_allowed)",
-                                      ["outcome"], registry=r)
-        self.dicom_processed = Counter("cxr_dicom_images_processed", "Received images by outcome (reported: an "
-                                       "SR was made; refused: e.g. the gate or an undecodable image, by code)",
-                                       ["outcome", "code"], registry=r)
-        self.dicom_sr_sent = Counter("cxr_dicom_sr_sent", "SRs by delivery outcome (sent, failed after retries)",
-                                     ["outcome"], registry=r)
-        self.dicom_send_attempts = Counter("cxr_dicom_sr_send_attempts", "C-STORE attempts to the SR destination, "
-                                           "by result (success, failure)", ["result"], registry=r)
-        self.dicom_pending = Gauge("cxr_dicom_pending", "Images received by the DICOM node and not yet answered "
-                                   "with an SR (or dropped)", registry=r)
         # the audit trail (app/audit): writer health, and the rolling-window monitoring figures
         self.audit_buffered = Gauge("cxr_audit_buffered", "Audit records waiting to be written", registry=r)
         self.audit_store_up = Gauge("cxr_audit_store_up", "1 while the audit store is reachable", registry=r)
@@ -56,3 +47,16 @@ class Metrics:
                                  "validation distribution (NaN when unavailable)", registry=r)
         self.monitor_drift_band = Gauge("cxr_monitor_drift_band", "PSI band: 0 stable (< 0.1), 1 moderate "
                                         "(0.1-0.25), 2 significant (>= 0.25), -1 unavailable", registry=r)
+        # the DICOM node (labels never carry patient data: outcomes and codes only)
+        self.dicom_received = Counter("cxr_dicom_images_received", "C-STORE requests received by the DICOM node, "
+                                      "by outcome (accepted, not_ready, queue_full, shutting_down, not_allowed)",
+                                      ["outcome"], registry=r)
+        self.dicom_processed = Counter("cxr_dicom_images_processed", "Received images by outcome (reported: an "
+                                       "SR was made; refused: e.g. the gate or an undecodable image, by code)",
+                                       ["outcome", "code"], registry=r)
+        self.dicom_sr_sent = Counter("cxr_dicom_sr_sent", "SRs by delivery outcome (sent, failed after retries)",
+                                     ["outcome"], registry=r)
+        self.dicom_send_attempts = Counter("cxr_dicom_sr_send_attempts", "C-STORE attempts to the SR destination, "
+                                           "by result (success, failure)", ["result"], registry=r)
+        self.dicom_pending = Gauge("cxr_dicom_pending", "Images received by the DICOM node and not yet answered "
+                                   "with an SR (or dropped)", registry=r)

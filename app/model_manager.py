@@ -16,9 +16,13 @@ import numpy as np
 
 from app.batching import BatchObserver, DynamicBatcher, bucket_sizes
 from app.errors import NotReadyError
+from app.gate import InputGate, load_gate
 from app.metrics import Metrics
+from app.runtimes import Selection, candidates, select_runtime
+from app.runtimes.keras_runtime import KerasRuntime
 from app.settings import Settings
 from model_store.artifact import LoadedArtifact, ModelMetadata, load_artifact
+from model_store.golden import load_or_compute, read_golden
 from model_store.registry import ModelRegistry
 
 log = logging.getLogger("cxr.model")
@@ -44,27 +48,10 @@ def configure_device(device: str) -> bool:
     return bool(gpus)
 
 
-def compile_predict(model: Any, input_shape: tuple[int, ...], buckets: list[int]) -> Any:
-    """One concrete (traced) function per bucket batch size, all traced here, up front. Calling a concrete
-    function can never retrace, so a batch that is not a bucket size is an error rather than a silent, slow
-    retrace (and TensorFlow's "excessive retracing" warning never fires at start-up)."""
-    import tensorflow as tf
-
-    @tf.function
-    def run(x: tf.Tensor) -> tf.Tensor:
-        return model(x, training=False)
-
-    concrete = {size: run.get_concrete_function(tf.TensorSpec((size, *input_shape), tf.float32))
-                for size in buckets}
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        function = concrete.get(batch.shape[0])
-        if function is None:
-            raise ValueError(f"batch of {batch.shape[0]} is not one of the compiled sizes {buckets}")
-        return function(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
-
-    predict.traced = run  # type: ignore[attr-defined]
-    return predict
+def compile_predict(model: Any, input_shape: tuple[int, ...], buckets: list[int]) -> KerasRuntime:
+    """The float32 reference runtime (kept for callers of the old name): one concrete ``tf.function`` per
+    bucket, traced up front; ``.traced`` is the polymorphic function."""
+    return KerasRuntime(model, input_shape, buckets)
 
 
 @dataclass
@@ -72,6 +59,7 @@ class ServingModel:
     artifact: LoadedArtifact
     batcher: DynamicBatcher
     version: int
+    runtime: Selection | None = None  # None only for models built before runtimes existed (tests)
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -81,8 +69,13 @@ class ServingModel:
     def input_shape(self) -> tuple[int, int, int]:
         return self.metadata.preprocessing.input_shape
 
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.runtime.name if self.runtime is not None else "keras"
+
     def describe(self) -> dict[str, str]:
-        return {"name": self.metadata.name, "version": str(self.version), "sha256": self.artifact.sha256}
+        return {"name": self.metadata.name, "version": str(self.version), "sha256": self.artifact.sha256,
+                "runtime": self.runtime_name}
 
 
 class ModelManager:
@@ -91,6 +84,7 @@ class ModelManager:
         self.metrics = metrics
         self.registry = ModelRegistry(settings.model_store)
         self.gpu = False
+        self.gate: InputGate | None = None  # loaded before the classifier, so it is there whenever that is
         self._current: ServingModel | None = None
         self._reload_lock = threading.Lock()
         self.shutting_down = False
@@ -122,8 +116,8 @@ class ModelManager:
         number, path = self.registry.resolve(self.settings.model_name, version)
         artifact = load_artifact(path)
         batch_size = self.settings.batch_size_for(self.gpu)
-        predict = compile_predict(artifact.model, artifact.metadata.preprocessing.input_shape,
-                                  bucket_sizes(batch_size))
+        selection = self._select_runtime(artifact, bucket_sizes(batch_size))
+        predict = selection.runtime
         name = artifact.metadata.name
         observer = BatchObserver(
             on_batch=lambda size, seconds: (self.metrics.batch_size.observe(size),
@@ -138,11 +132,21 @@ class ModelManager:
             if out.shape != (size, len(artifact.metadata.class_names)):
                 raise RuntimeError(f"model output shape {out.shape} for a batch of {size} is wrong")
         batcher.start()
-        log.info("model %s v%d ready (sha256 %s, batch buckets %s)", name, number, artifact.sha256, batcher.buckets)
-        return ServingModel(artifact=artifact, batcher=batcher, version=number)
+        log.info("model %s v%d ready (sha256 %s, runtime %s, batch buckets %s)", name, number, artifact.sha256,
+                 predict.name, batcher.buckets)
+        return ServingModel(artifact=artifact, batcher=batcher, version=number, runtime=selection)
+
+    def _select_runtime(self, artifact: LoadedArtifact, buckets: list[int]) -> Selection:
+        """The runtime to serve with, verified on the golden set (stored, or computed now by the reference).
+        The reference alone needs no synthetic set: it is the definition of right."""
+        golden = read_golden(artifact.path)
+        if golden is None and candidates(self.settings.runtime, self.gpu):
+            golden = load_or_compute(artifact.path, artifact.model, artifact.metadata)
+        return select_runtime(self.settings.runtime, artifact, buckets, golden, gpu=self.gpu)
 
     def load_initial(self) -> None:
         self.gpu = configure_device(self.settings.device)
+        self.gate = load_gate(self.settings, self.registry)
         self._activate(self.build(self.settings.model_version))
 
     def load_initial_logged(self) -> None:
@@ -174,7 +178,8 @@ class ModelManager:
         self._current = model
         meta = model.metadata
         self.metrics.model_info.info({"name": meta.name, "version": str(model.version), "sha256": model.artifact.sha256,
-                                      "input_size": str(meta.preprocessing.input_size)})
+                                      "input_size": str(meta.preprocessing.input_size),
+                                      "runtime": model.runtime_name})
         self.metrics.ready.set(1)
 
     def begin_shutdown(self) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class ModelRef(BaseModel):
     name: str
     version: str
     sha256: str
+    runtime: str = Field("keras", description="how the model ran: keras (float32 reference), keras-bf16 or "
+                         "tflite-int8, each verified against the reference at load")
 
 
 class Timing(BaseModel):
@@ -16,6 +18,26 @@ class Timing(BaseModel):
     queue: float = Field(description="waiting for a batch, ms")
     inference: float = Field(description="the batched model call, ms")
     total: float = Field(description="wall time in the service core (includes any wait for a decode thread), ms")
+
+
+class GateInfo(BaseModel):
+    score: float = Field(description="gate model's P(frontal chest radiograph) for this image")
+    threshold: float = Field(description="scores below it are refused (CXR_GATE=refuse) or flagged")
+    model: ModelRef
+    passed: bool = Field(description="false only when CXR_GATE=flag answered an image the gate would refuse")
+
+
+class ExplanationInfo(BaseModel):
+    method: str = Field(description="grad-cam (Selvaraju et al. 2017)")
+    layer: str = Field(description="the explained layer: the model's last convolution unless CXR_EXPLAIN_LAYER")
+    grid: list[list[float]] = Field(description="14 x 14 map in [0, 1] (1 = the location that most raised the "
+                                    "positive class's score), rows top to bottom, over the model input: the "
+                                    "whole image stretched to a square (centre square where the model crops)")
+    overlay_png: str = Field(description="base64 RGBA PNG heatmap with the upload's aspect ratio, transparent where "
+                             "the map is cold: stretch it over the image to show where the model looked")
+    width: int = Field(description="overlay width in pixels")
+    height: int = Field(description="overlay height in pixels")
+    timing_ms: float = Field(description="Grad-CAM + overlay, ms (runs beside the batched model call)")
 
 
 class PredictionResponse(BaseModel):
@@ -26,13 +48,29 @@ class PredictionResponse(BaseModel):
     model: ModelRef
     request_id: str
     timing_ms: Timing
+    gate: GateInfo | None = Field(None, description="the input gate's verdict; null for /v2 FP32 tensors (already "
+                                  "preprocessed: the gate cannot see them) or with CXR_GATE=off")
+    warnings: list[str] = Field(default_factory=list, description="plain-language cautions, e.g. an adult patient "
+                                "or an image the gate flagged")
+    explanation: ExplanationInfo | None = Field(None, description="only with ?explain=true: Grad-CAM heatmap")
     notice: str
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_explanation(self, handler: SerializerFunctionWrapHandler):
+        # plain predictions stay what they were: no "explanation": null. (No return annotation on purpose: with
+        # one, pydantic documents this model in OpenAPI as a bare object.)
+        data = handler(self)
+        if isinstance(data, dict) and data.get("explanation") is None:
+            data.pop("explanation", None)
+        return data
 
 
 class ErrorDetail(BaseModel):
     code: str
     message: str
     request_id: str
+    details: dict[str, object] | None = Field(None, description="machine-readable extras, e.g. the gate score "
+                                              "and threshold of a not_a_chest_xray refusal")
 
 
 class ErrorResponse(BaseModel):
@@ -71,3 +109,8 @@ class ModelsResponse(BaseModel):
     code_version: str
     max_batch_size: int
     device: str
+    runtime: dict[str, object] = Field(default_factory=dict, description="the runtime serving this model: name, "
+                                       "requested (CXR_RUNTIME), fallback reason if any, and its verification "
+                                       "against the golden set (max |dp|, decision flips)")
+    gate: dict[str, object] = Field(description="the input gate: mode, header rules, gate model, threshold and "
+                                    "its validation figures (sources held out)")

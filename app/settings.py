@@ -18,6 +18,12 @@ CPU_DEFAULT_BATCH = 16
 GPU_DEFAULT_BATCH = 64
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), at most 64."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(64, cores))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", env_file=None, extra="ignore")
 
@@ -32,14 +38,31 @@ class Settings(BaseSettings):
     model_version: str | None = Field(None, description="a positive integer, e.g. 1; unset or 'latest' = newest")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto, cpu or gpu (gpu fails if none)")
 
+    gate: Literal["refuse", "flag", "off"] = Field("refuse", description="input gate: refuse (422 "
+                                                  "not_a_chest_xray for what is not a frontal chest radiograph), "
+                                                  "flag (answer but mark the result), or off")
+    gate_model_name: str = Field("gate", min_length=1, description="gate model folder name in the store, e.g. gate")
+    gate_model_version: str | None = Field(None, description="gate model version, a positive integer, e.g. 1; "
+                                           "unset or 'latest' = newest")
+    gate_header_rules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["modality", "body_part", "view_position"],
+        description="comma-separated DICOM header rules to enforce, any of modality (CR/DX only), body_part "
+                    "(BodyPartExamined CHEST where present), view_position (PA/AP where present); empty = none, "
+                    "for sites whose headers are unreliable")
+
     max_batch_size: int | None = Field(None, ge=1, le=1024, description="images per model call, 1-1024; "
                                        "unset: 16 on CPU, 64 on GPU")
     max_delay_ms: float = Field(5.0, ge=0, le=1000, description="ms a batch may wait for more images, 0-1000, "
                                 "e.g. 5 (only while more are on their way)")
     queue_limit: int = Field(256, ge=1, le=100_000, description="images waiting for the model before 503 + "
                              "Retry-After, e.g. 256")
-    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads, "
-                                "e.g. the number of CPU cores")
+    decode_threads: int = Field(default_factory=usable_cores, ge=1, le=64,
+                                description="threads decoding and preprocessing uploads, 1-64; unset: the number "
+                                "of CPU cores this process may use (e.g. 2)")
+    runtime: Literal["auto", "keras", "keras-bf16", "tflite-int8"] = Field(
+        "auto", description="how the model runs: auto (the fastest runtime that passes verification against the "
+        "float32 model on this CPU), keras (the float32 reference, no acceleration), keras-bf16 (oneDNN "
+        "bfloat16, CPUs with avx512_bf16) or tflite-int8 (TFLite dynamic-range int8)")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest file, in bytes (>= 1024), "
                                   "e.g. 20971520 (20 MiB)")
@@ -50,6 +73,10 @@ class Settings(BaseSettings):
                                 "e.g. 32 (a 1x1 upload is not a radiograph)")
     max_aspect_ratio: float = Field(4.0, ge=1.0, le=1000.0, description="longest / shortest side accepted, 1-1000, "
                                     "e.g. 4 (real chest films are under 3)")
+    explain_layer: str | None = Field(None, description="layer Grad-CAM explains, a layer name of the served model "
+                                      "with a spatial output, e.g. conv6; unset = its last convolution")
+    explain_overlay_max_side: int = Field(512, ge=32, le=4096, description="longer side of the heatmap overlay PNG "
+                                          "in pixels, 32-4096, e.g. 512 (the upload's aspect ratio is kept)")
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated keys, "
                                                      "each >= 16 characters; empty = no authentication")
@@ -64,6 +91,30 @@ class Settings(BaseSettings):
                                     "1-600")
     graceful_timeout: int = Field(30, ge=1, le=600, description="seconds to finish requests and drain the queue "
                                   "on shutdown, 1-600")
+
+    audit_enabled: bool = Field(True, description="record every answer and refusal in the audit store: true or "
+                                "false (false also turns off /feedback and /monitoring)")
+    audit_url: str | None = Field(None, description="audit store URL, e.g. postgresql://cxr:secret@db:5432/cxr_audit "
+                                  "(psycopg 3) or sqlite:////var/lib/cxr/audit.db; unset = SQLite at "
+                                  "CXR_AUDIT_PATH")
+    audit_path: Path = Field(DEFAULT_AUDIT_PATH, description="SQLite audit file used when CXR_AUDIT_URL is unset, "
+                             "e.g. /var/lib/cxr-serve/audit.db; default: $XDG_STATE_HOME (or ~/.local/state)"
+                             "/cxr-serve/audit.db")
+    audit_required: bool = Field(False, description="fail closed: true = readiness 503 and predictions refused "
+                                 "(503 audit_unavailable) while the audit store is unreachable; false = keep "
+                                 "serving and buffer")
+    audit_buffer: int = Field(10_000, ge=1, le=10_000_000, description="audit records held in memory while the "
+                              "store is slow or down, 1-10000000, e.g. 10000; beyond it records are counted "
+                              "in cxr_audit_records_dropped_total and logged, not stored")
+    audit_batch_size: int = Field(500, ge=1, le=100_000, description="audit records per insert, 1-100000, "
+                                  "e.g. 500")
+    audit_window_hours: float = Field(168.0, gt=0, le=24 * 366, description="rolling window of /monitoring and "
+                                      "the cxr_monitor_* gauges, in hours, e.g. 168 (7 days)")
+    audit_refresh_s: float = Field(60.0, ge=1, le=86_400, description="seconds between refreshes of the "
+                                   "cxr_monitor_* gauges, 1-86400, e.g. 60")
+    audit_salt: str | None = Field(None, min_length=16, description="secret (>= 16 characters, e.g. 32 random "
+                                   "hex digits) keying the hashes of DICOM UIDs in the audit store; unset = "
+                                   "UIDs are not recorded at all")
 
     # The DICOM node (a PACS routes CR/DX images to it; the SR goes back by C-STORE). Off unless a port is set.
     dicom_port: int | None = Field(None, ge=1, le=65535, description="DICOM (C-STORE) listening port, 1-65535, "
@@ -90,49 +141,33 @@ class Settings(BaseSettings):
     dicom_timeout_s: float = Field(30.0, ge=1, le=600, description="network timeout for DICOM associations, in "
                                    "seconds, 1-600, e.g. 30")
 
-    audit_enabled: bool = Field(True, description="record every answer and refusal in the audit store: true or "
-                                "false (false also turns off /feedback and /monitoring)")
-    audit_url: str | None = Field(None, description="audit store URL, e.g. postgresql://cxr:secret@db:5432/cxr_audit "
-                                  "(psycopg 3) or sqlite:////var/lib/cxr/audit.db; unset = SQLite at "
-                                  "CXR_AUDIT_PATH")
-    audit_path: Path = Field(DEFAULT_AUDIT_PATH, description="SQLite audit file used when CXR_AUDIT_URL is unset, "
-                             "e.g. /var/lib/cxr-serve/audit.db; default: $XDG_STATE_HOME (or ~/.local/state)"
-                             "/cxr-serve/audit.db")
-    audit_required: bool = Field(False, description="fail closed: true = readiness 503 and predictions refused "
-                                 "(503 audit_unavailable) while the audit store is unreachable; false = keep "
-                                 "serving and buffer")
-    audit_buffer: int = Field(10_000, ge=1, le=10_000_000, description="audit records held in memory while the "
-                              "store is slow or down, 1-10000000, e.g. 10000; beyond it records are counted "
-                              "in cxr_audit_records_dropped_total and logged, not stored")
-    audit_batch_size: int = Field(500, ge=1, le=100_000, description="audit records per insert, 1-100000, "
-                                  "e.g. 500")
-    audit_window_hours: float = Field(168.0, gt=0, le=24 * 366, description="rolling window of /monitoring and "
-                                      "the cxr_monitor_* gauges, in hours, e.g. 168 (7 days)")
-    audit_refresh_s: float = Field(60.0, ge=1, le=86_400, description="seconds between refreshes of the "
-                                   "cxr_monitor_* gauges, 1-86400, e.g. 60")
-    audit_salt: str | None = Field(None, min_length=16, description="secret (>= 16 characters, e.g. 32 random "
-                                   "hex digits) keying the hashes of DICOM UIDs in the audit store; unset = "
-                                   "UIDs are not recorded at all")
-
-    @field_validator("log_level", "log_format", "device", mode="before")
+    @field_validator("log_level", "log_format", "device", "gate", "runtime", mode="before")
     @classmethod
     def lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "gate_header_rules", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("model_version", mode="before")
+    @field_validator("gate_header_rules")
+    @classmethod
+    def check_rules(cls, rules: list[str]) -> list[str]:
+        unknown = sorted(set(rules) - {"modality", "body_part", "view_position"})
+        if unknown:
+            raise ValueError(f"unknown gate header rules {unknown}; use modality, body_part, view_position")
+        return rules
+
+    @field_validator("model_version", "gate_model_version", mode="before")
     @classmethod
     def check_version(cls, value: object) -> object:
         if value in (None, "", "latest"):
             return None
         if not str(value).isdigit() or int(str(value)) < 1:
-            raise ValueError(f"CXR_MODEL_VERSION must be a positive integer or 'latest', got {value!r}")
+            raise ValueError(f"must be a positive integer or 'latest', got {value!r}")
         return str(int(str(value)))
 
     @field_validator("api_keys")

@@ -21,4 +21,6 @@ async def models(manager: ManagerDep) -> dict[str, object]:
         "preprocessing": meta.preprocessing.to_dict(), "metrics": meta.metrics, "dataset": meta.dataset,
         "created_at": meta.created_at, "code_version": meta.code_version,
         "max_batch_size": active.batcher.max_batch_size, "device": "gpu" if manager.gpu else "cpu",
+        "runtime": active.runtime.describe() if active.runtime is not None else {"name": active.runtime_name},
+        "gate": manager.gate.describe() if manager.gate is not None else {"mode": "not loaded"},
     }

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
 from app.errors import InvalidInputError, ServiceError, TooManyFilesError, UploadTooLargeError, classify
@@ -17,6 +17,9 @@ from model_store.imaging import DecodeError
 
 log = logging.getLogger("cxr.predict")
 router = APIRouter(tags=["predict"])
+# ?explain=true: Grad-CAM in the JSON answer (app/explain.py); the other renderers carry no map
+ExplainQuery = Annotated[bool, Query(description="add a Grad-CAM explanation (coarse grid + heatmap overlay PNG) "
+                                                 "to each JSON result; refused images get none")]
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
 # /predict answers by Accept: JSON (default), a DICOM SR (DICOM uploads only) or a FHIR DiagnosticReport
@@ -42,7 +45,8 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
 @router.post("/predict", response_model=PredictionResponse, responses=PREDICT_RESPONSES,
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
 async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
-                  file: Annotated[UploadFile, File(description="the image file")]) -> dict[str, object] | Response:
+                  file: Annotated[UploadFile, File(description="the image file")],
+                  *, explain: ExplainQuery = False) -> dict[str, object] | Response:
     # the audit records this answer or refusal exactly once, however the block ends
     async with request.app.state.audit.track_request(request, request_id) as ticket:
         media_type = negotiate(request.headers.get("accept"))  # 406 before any work
@@ -50,7 +54,7 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
             raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
         data = await read_upload(file, settings)
         if media_type == JSON:
-            prediction = await dataplane.predict_image(data, ticket=ticket)
+            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain)
             return prediction.as_dict(request_id)
         check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
         prediction = await dataplane.predict_image(data, ticket=ticket)
@@ -61,7 +65,8 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
 @router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
              summary="Classify several X-rays; one result or one error per file, in order")
 async def predict_batch(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
-                        files: Annotated[list[UploadFile], File(description="the image files")]) -> dict[str, object]:
+                        files: Annotated[list[UploadFile], File(description="the image files")],
+                        *, explain: ExplainQuery = False) -> dict[str, object]:
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"{len(files)} files sent; at most {settings.max_batch_files} per request")
 
@@ -70,15 +75,17 @@ async def predict_batch(request: Request, dataplane: DataPlaneDep, settings: Set
         try:
             async with request.app.state.audit.track_request(request, item_id) as ticket:
                 data = await read_upload(upload, settings)
-                prediction = await dataplane.predict_image(data, ticket=ticket)
+                prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain)
         except Exception as exc:  # one bad file must not fail the others
             status, code, message = classify(exc)
             if status >= 500:
                 log.error("request %s file %d failed: %s", request_id, index, code, exc_info=exc)
                 if isinstance(exc, ServiceError) and status == 503:
                     raise  # overloaded / not ready: the whole request should be retried
-            return {"filename": upload.filename, "status": status,
-                    "error": {"code": code, "message": message, "request_id": item_id}}
+            error: dict[str, object] = {"code": code, "message": message, "request_id": item_id}
+            if getattr(exc, "details", None):
+                error["details"] = exc.details  # type: ignore[attr-defined]
+            return {"filename": upload.filename, "status": status, "error": error}
         return {"filename": upload.filename, "status": 200, "result": prediction.as_dict(item_id)}
 
     results = await asyncio.gather(*(one(i, upload) for i, upload in enumerate(files)))

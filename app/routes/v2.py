@@ -343,6 +343,9 @@ def build_response(header: dict[str, Any], model: ServingModel, predictions: lis
                             "outputs": outputs}
     if "id" in header:
         body["id"] = header["id"]
+    if any(p.gate is not None or p.warnings for p in predictions):  # BYTES inputs passed the input gate
+        body["parameters"] = {"gate_score": [p.gate.score if p.gate is not None else None for p in predictions],
+                              "warnings": [p.warnings for p in predictions]}
     encoded = json.dumps(body).encode()
     if not blobs:
         return Response(encoded, media_type="application/json")

@@ -1,0 +1,182 @@
+"""The input gate: refuse what is not a frontal chest radiograph before the classifier ever sees it.
+
+Cheapest first: DICOM header rules (no pixels decoded), then a small gate model that scores the *grey*
+image (binarization would throw away what tells a fundus photo from a radiograph). The gate model is an
+artifact like the classifier (``<store>/gate/<version>/model.h5``, same loader rules, its own preprocessing
+spec and threshold), so it is trained, versioned and verified the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.errors import NotAChestXrayError
+from app.settings import Settings
+from model_store.artifact import LoadedArtifact, load_artifact
+from model_store.preprocessing import preprocess
+from model_store.registry import ModelRegistry
+
+log = logging.getLogger("cxr.gate")
+
+REFUSAL_SENTENCE = "this image does not look like a frontal chest radiograph"
+ADULT_WARNING = ("the DICOM header gives a patient age over 17 years; the model was trained on frontal chest "
+                 "films of children aged 1 to 5, so its answer for adults is not validated")
+HEADER_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PatientAge")
+FRONTAL_VIEWS = frozenset({"PA", "AP"})
+RADIOGRAPHY = frozenset({"CR", "DX"})
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate model's verdict on one image; ``passed`` is False only in ``flag`` mode (refuse raises)."""
+
+    score: float
+    threshold: float
+    model: dict[str, str]
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"score": round(self.score, 6), "threshold": self.threshold, "model": self.model,
+                "passed": self.passed}
+
+
+def dicom_header(data: bytes) -> Any | None:
+    """The few header elements the rules read, without touching pixel data; None when unparsable (the
+    decoder then answers with its precise error)."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=list(HEADER_TAGS))
+    except Exception:  # a broken header is the decoder's to report, with its own message
+        return None
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip().upper() if value is not None else ""
+    return text or None
+
+
+def check_header(ds: Any, rules: frozenset[str]) -> list[str]:
+    """Apply the enabled header rules; raise a precise refusal, or return warnings for the result."""
+    modality = _text(ds, "Modality")
+    if "modality" in rules and modality not in RADIOGRAPHY:
+        shown = f"is {modality!r}" if modality else "is missing"
+        raise NotAChestXrayError(f"{REFUSAL_SENTENCE}: DICOM Modality (0008,0060) {shown}; only CR or DX "
+                                 "radiographs are accepted", rule="modality")
+    body_part = _text(ds, "BodyPartExamined")
+    if "body_part" in rules and body_part is not None and body_part != "CHEST":
+        raise NotAChestXrayError(f"{REFUSAL_SENTENCE}: DICOM BodyPartExamined (0018,0015) is {body_part!r}; "
+                                 "only CHEST is accepted", rule="body_part")
+    view = _text(ds, "ViewPosition")
+    if "view_position" in rules and view is not None and view not in FRONTAL_VIEWS:
+        raise NotAChestXrayError(f"{REFUSAL_SENTENCE}: DICOM ViewPosition (0018,5101) is {view!r}; only "
+                                 "frontal PA or AP views are accepted", rule="view_position")
+    return [ADULT_WARNING] if _age_years(_text(ds, "PatientAge")) > 17 else []
+
+
+def _age_years(age: str | None) -> float:
+    """DICOM AS ('034Y', '006M', ...) in years; 0 when absent or malformed (no warning then)."""
+    match = _AGE.match(age or "")
+    if match is None:
+        return 0.0
+    per_year = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[match.group(2)]
+    return int(match.group(1)) / per_year
+
+
+class GateModel:
+    """The gate artifact with one traced function for a single image (it runs in the decode threads, beside
+    decoding, so it adds no hop and no batch wait)."""
+
+    def __init__(self, artifact: LoadedArtifact, version: int) -> None:
+        import tensorflow as tf
+
+        self.artifact = artifact
+        self.version = version
+        meta = artifact.metadata
+        self.spec = meta.preprocessing
+        self.threshold = float(meta.decision_threshold)
+        self.positive = meta.positive_index
+        model = artifact.model
+
+        @tf.function(input_signature=[tf.TensorSpec((1, *self.spec.input_shape), tf.float32)])
+        def run(x: tf.Tensor) -> tf.Tensor:
+            return model(x, training=False)
+
+        self._run = run
+        self._run(np.zeros((1, *self.spec.input_shape), np.float32))  # trace + warm once, at load
+
+    def describe(self) -> dict[str, str]:
+        meta = self.artifact.metadata
+        return {"name": meta.name, "version": str(self.version), "sha256": self.artifact.sha256}
+
+    def score(self, image: np.ndarray) -> float:
+        x = preprocess(image, self.spec)[None]
+        return float(self._run(x).numpy()[0, self.positive])
+
+
+class InputGate:
+    """Header rules + gate model, as configured by ``CXR_GATE`` (refuse | flag | off)."""
+
+    def __init__(self, mode: str, rules: frozenset[str], model: GateModel | None) -> None:
+        if mode != "off" and model is None:
+            raise ValueError("the gate model is required unless CXR_GATE=off")
+        self.mode = mode
+        self.rules = rules if mode != "off" else frozenset()
+        self.model = model if mode != "off" else None
+
+    def check_header(self, data: bytes, fmt: str | None) -> list[str]:
+        """Header rules on DICOM bytes (warnings to add to the result); nothing to check for other formats."""
+        if fmt != "DICOM":
+            return []
+        ds = dicom_header(data)
+        if ds is None:
+            return []
+        if self.mode == "off":
+            return check_header(ds, frozenset())  # no rules, but the age warning still applies
+        try:
+            return check_header(ds, self.rules)
+        except NotAChestXrayError:
+            if self.mode == "flag":
+                return [f"flagged by the input gate: {REFUSAL_SENTENCE} (DICOM header)"]
+            raise
+
+    def check_pixels(self, image: np.ndarray) -> GateResult | None:
+        if self.model is None:
+            return None
+        score = self.model.score(image)
+        threshold = self.model.threshold
+        if score >= threshold:
+            return GateResult(score, threshold, self.model.describe(), passed=True)
+        if self.mode == "flag":
+            return GateResult(score, threshold, self.model.describe(), passed=False)
+        raise NotAChestXrayError(f"{REFUSAL_SENTENCE} (gate score {score:.3f}, threshold {threshold:.3f}); "
+                                 "send a frontal (PA or AP) chest X-ray", rule="gate_model",
+                                 details={"score": round(score, 6), "threshold": threshold})
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "header_rules": sorted(self.rules)}
+        if self.model is not None:
+            meta = self.model.artifact.metadata
+            out.update(model=self.model.describe(), threshold=self.model.threshold,
+                       preprocessing=meta.preprocessing.to_dict(), validation=meta.metrics.get("validation", {}))
+        return out
+
+
+def load_gate(settings: Settings, registry: ModelRegistry) -> InputGate:
+    rules = frozenset(settings.gate_header_rules)
+    if settings.gate == "off":
+        log.warning("input gate is OFF (CXR_GATE=off): every decodable image gets an answer")
+        return InputGate("off", rules, None)
+    number, path = registry.resolve(settings.gate_model_name, settings.gate_model_version)
+    model = GateModel(load_artifact(path), number)
+    log.info("input gate %s: model %s v%d (threshold %.4f), header rules %s", settings.gate,
+             settings.gate_model_name, number, model.threshold, sorted(rules) or "none")
+    return InputGate(settings.gate, rules, model)

@@ -1,0 +1,65 @@
+"""The shipped gate model on real images, through the serving path (decode -> gate model): chest films of
+children and adults pass, what is not a chest film is refused, full-resolution uploads are never refused.
+
+The gate was trained on gate/ and on chest_xray_224/train/, so on those sets this is a check of the shipped
+artifact, not of generalisation; that is estimated with whole sources held out and stored in the artifact
+(``metrics.validation``), and the pediatric test split (never trained on) is held to that promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, require_data
+
+from app.gate import GateModel
+from model_store.artifact import load_artifact
+from model_store.imaging import decode
+from model_store.registry import ModelRegistry
+
+
+@pytest.fixture(scope="module")
+def gate() -> GateModel:
+    registry = ModelRegistry(REPO_ROOT / "model_store")
+    if not registry.versions("gate"):
+        pytest.skip("no shipped gate model (train it: make train-gate)")
+    number, path = registry.resolve("gate")
+    return GateModel(load_artifact(path), number)
+
+
+def refused_share(gate: GateModel, paths: list[Path]) -> float:
+    scores = np.array([gate.score(decode(p.read_bytes(), max_pixels=50_000_000)) for p in paths])
+    return float((scores < gate.threshold).mean())
+
+
+def images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpeg", ".jpg"})
+
+
+def test_validation_figures_are_stored_and_meet_the_targets(gate):
+    validation = gate.artifact.metadata.metrics["validation"]
+    assert validation["pediatric_refused_rate"] <= 0.01
+    assert validation["adult_refused_rate"] <= 0.01
+    assert gate.threshold == pytest.approx(validation["threshold"])
+    assert "whole sources held out" in validation["method"]
+
+
+def test_pediatric_test_split_is_accepted_as_validation_promised(gate):
+    paths = images(require_data("chest_xray_224/test"))
+    assert len(paths) >= 300
+    promised = gate.artifact.metadata.metrics["validation"]["pediatric_refused_rate"]
+    assert refused_share(gate, paths) <= max(promised, 0.01) + 0.01  # 312 films: one film is 0.3%
+
+
+def test_full_resolution_uploads_are_never_refused(gate, fullres_images):
+    assert len(fullres_images) >= 20
+    assert refused_share(gate, fullres_images) == 0.0
+
+
+def test_not_chest_images_are_refused_and_adult_films_accepted(gate):
+    root = require_data("gate")
+    for kind in sorted(p for p in (root / "not_cxr").iterdir() if p.is_dir()):
+        assert refused_share(gate, images(kind)) >= 0.8, kind.name
+    assert refused_share(gate, images(root / "not_cxr")) >= 0.95
+    assert refused_share(gate, images(root / "adult_cxr")) <= 0.1

@@ -1,0 +1,95 @@
+"""Training the input gate: sources, grouped folds, weights, threshold choice, and a tiny real run through
+``cxr-train-gate`` whose artifact loads back with the same outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import require_data
+
+from model_store.artifact import load_artifact
+from model_store.preprocessing import preprocess
+from training.gate import choose_gate_threshold, grouped_folds, main, sample_weights
+from training.gate_data import SYNTHETIC_KINDS, GateSet, source_of, synthetic_negatives
+
+
+@pytest.mark.parametrize(("name", "source"), [
+    ("set12_02.png", "kair"), ("set5_bird.png", "kair"), ("jw_optos_1.png", "jw"), ("jw_knee_3.png", "jw"),
+    ("hip_us_167854.png", "radoss"), ("ddh_331.png", "radoss"), ("nih64_00000001_001.png", "nih"),
+    ("nih_00000001_000.png", "nih"), ("brainmri_glioma_Te-gl_0037.png", "brainmri"),
+    ("isbi_em_3.png", "isbi_em"), ("mystery_1.png", "unknown:mystery"),
+])
+def test_source_of_file_names(name, source):
+    assert source_of(name) == source
+
+
+def toy_set(n_kids: int = 200) -> GateSet:
+    sources = ["kermany"] * n_kids + ["a"] * 30 + ["b"] * 20 + ["c"] * 10 + ["adult1"] * 15 + ["adult2"] * 5
+    kinds = ["pediatric_cxr"] * n_kids + ["ct"] * 30 + ["mr"] * 20 + ["mr"] * 10 + ["adult_cxr"] * 20
+    y = np.array([1] * n_kids + [0] * 60 + [1] * 20)
+    return GateSet(np.zeros((len(y), 4, 4, 1), np.float32), y, np.array(kinds), np.array(sources))
+
+
+def test_grouped_folds_keep_each_source_whole_and_spread_the_children():
+    data = toy_set()
+    folds = grouped_folds(data, 3, seed=1)
+    for source in ("a", "b", "c", "adult1", "adult2"):
+        assert len(set(folds[data.sources == source])) == 1, source
+    assert set(folds[data.sources == "kermany"]) == {0, 1, 2}
+    assert (folds >= 0).all()
+
+
+def test_weights_balance_labels_and_kinds():
+    data = toy_set()
+    w = sample_weights(data)
+    assert w[data.y == 0].sum() == pytest.approx(w[data.y == 1].sum())
+    assert w[data.kinds == "ct"].sum() == pytest.approx(w[data.kinds == "mr"].sum())  # 30 vs 20+10 images
+    assert w[data.kinds == "pediatric_cxr"].sum() == pytest.approx(w[data.kinds == "adult_cxr"].sum())
+
+
+def test_threshold_refuses_at_most_one_percent_of_either_chest_population():
+    rng = np.random.default_rng(0)
+    data = toy_set(n_kids=1000)
+    scores = np.where(data.y == 1, rng.uniform(0.3, 1.0, len(data)), rng.uniform(0.0, 0.5, len(data)))
+    scores[data.kinds == "adult_cxr"] = np.linspace(0.05, 1.0, 20)  # adults score lower: they decide
+    threshold = choose_gate_threshold(scores, data, max_refused=0.01)
+    for kind in ("pediatric_cxr", "adult_cxr"):
+        assert (scores[data.kinds == kind] < threshold).mean() <= 0.01
+    assert threshold == pytest.approx(0.05)  # 20 adults: 1% allows none refused
+
+
+def test_synthetic_negatives_are_valid_images():
+    rng = np.random.default_rng(0)
+    films = rng.uniform(size=(3, 32, 32, 1)).astype(np.float32)
+    negatives = synthetic_negatives(2, films, 32, seed=0)
+    assert negatives.x.shape == (2 * len(SYNTHETIC_KINDS), 32, 32, 1)
+    assert negatives.x.min() >= 0.0 and negatives.x.max() <= 1.0
+    assert (negatives.y == 0).all() and set(negatives.kinds) == set(SYNTHETIC_KINDS)
+
+
+@pytest.mark.slow
+def test_tiny_gate_training_run_exports_a_loadable_artifact(tmp_path):
+    require_data("gate/not_cxr")
+    require_data("chest_xray_224/train")
+    data_root = require_data("gate").parent
+    store = tmp_path / "store"
+    assert main(["--data", str(data_root), "--out", str(tmp_path / "run"), "--input-size", "32",
+                 "--pediatric", "80", "--synthetic", "3", "--epochs", "1", "--folds", "2", "--store", str(store),
+                 "--version", "3"]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    validation = report["validation"]
+    assert validation["pediatric_refused_rate"] <= 0.0125 and validation["adult_refused_rate"] <= 0.0125
+    assert set(validation["per_kind"]) >= {"fundus", "xray_spine", "adult_cxr", "pediatric_cxr", "blank"}
+    loaded = load_artifact(store / "gate" / "3" / "model.h5")
+    meta = loaded.metadata
+    assert meta.class_names == ["other", "chest_radiograph"] and meta.positive_class == "chest_radiograph"
+    assert meta.preprocessing.binarize == "none" and meta.preprocessing.input_size == 32
+    assert meta.decision_threshold == pytest.approx(validation["threshold"])
+    assert (store / "gate" / "3" / "report.json").is_file()
+    # the reloaded model answers like the one the run scored with: same artifact, same numbers twice
+    image = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(64, 48)
+    x = preprocess(image, meta.preprocessing)[None]
+    again = load_artifact(store / "gate" / "3" / "model.h5")
+    np.testing.assert_allclose(np.asarray(loaded.model(x)), np.asarray(again.model(x)), atol=1e-6)
