@@ -7,15 +7,18 @@ own requests. The queue is bounded (back-pressure instead of unbounded memory); 
 drains what is queued; a sentinel ends the loop.
 
 Waiting for more items only pays when more are on their way, so callers announce work they are still preparing
-(``with batcher.expecting():`` around decode): the worker waits up to ``max_delay_s`` while the queue is empty
-only if something is announced, and otherwise runs at once. A lone request thus never waits ``max_delay_s``,
-while under load batches still fill (items also accumulate while the previous batch runs).
+(``with batcher.expecting():`` around decode and submit): the worker waits up to ``max_delay_s`` while the queue
+is empty only if something is announced, and otherwise runs at once. Submitting inside ``expecting()`` turns the
+announcement into the queued item in one step (under one lock, waking the worker), so a request never waits for
+itself: a lone request runs as soon as it is queued, as with batching off, while under load batches still fill
+(items also accumulate while the previous batch runs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -32,6 +35,20 @@ log = logging.getLogger("cxr.batching")
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 _STOP = object()
+
+
+class _Announcement:
+    """One ``expecting()`` block: open until its item is submitted (or the block ends without one)."""
+
+    __slots__ = ("batcher", "open")
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher = batcher
+        self.open = True
+
+
+# the caller's current announcement: contextvars follow an asyncio task, so concurrent requests keep theirs apart
+_ANNOUNCED: contextvars.ContextVar[_Announcement | None] = contextvars.ContextVar("cxr_announced", default=None)
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -89,6 +106,7 @@ class DynamicBatcher:
         self._pending = 0  # items accepted and not yet taken into a batch
         self._expected = 0  # items announced by callers still preparing them
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # an item queued or an announcement withdrawn
         self._accepting = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -120,14 +138,21 @@ class DynamicBatcher:
 
     @contextlib.contextmanager
     def expecting(self) -> Iterator[None]:
-        """Announce one item the caller is still preparing (decoding), so the worker waits for it."""
+        """Announce one item the caller is still preparing (decoding), so the worker waits for it. The first
+        ``submit_nowait`` inside the block redeems the announcement; leaving without one withdraws it."""
+        announcement = _Announcement(self)
         with self._lock:
             self._expected += 1
+        token = _ANNOUNCED.set(announcement)
         try:
             yield
         finally:
+            _ANNOUNCED.reset(token)
             with self._lock:
-                self._expected -= 1
+                if announcement.open:
+                    announcement.open = False
+                    self._expected -= 1
+                    self._changed.notify()
 
     # -- submitting ----------------------------------------------------------------------------------------
     def submit_nowait(self, x: np.ndarray) -> Future[BatchResult]:
@@ -145,6 +170,11 @@ class DynamicBatcher:
             self._pending += 1
             depth = self._pending
             self._queue.put(item)  # unbounded queue: never blocks; the limit is _pending
+            announcement = _ANNOUNCED.get()
+            if announcement is not None and announcement.batcher is self and announcement.open:
+                announcement.open = False  # this item is what was announced: nothing more to wait for
+                self._expected -= 1
+            self._changed.notify()
         self.observer.on_queue_depth(depth)
         return item.future
 
@@ -162,11 +192,14 @@ class DynamicBatcher:
         deadline = time.monotonic() + self.max_delay_s
         stop = False
         while len(batch) < self.max_batch_size:
-            if self._expected == 0 and self._queue.empty():
-                break
-            remaining = deadline - time.monotonic()
+            with self._changed:  # wait only while the queue is empty and someone is still decoding
+                while self._queue.empty() and self._expected > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from model_store.calibration import apply_temperature
-
 if TYPE_CHECKING:
     from model_store.artifact import ModelMetadata
 
@@ -41,6 +39,15 @@ class GoldenSet:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+
+def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities on the scale the stored threshold is on (the artifact's temperature; 1.0 = as is)."""
+    if temperature == 1.0:
+        return np.asarray(probabilities, dtype=np.float32)
+    from model_store.calibration import apply_temperature  # only models trained with calibration need it
+
+    return apply_temperature(probabilities, temperature)
 
 
 def _encode(inputs: np.ndarray) -> tuple[str, np.ndarray]:
@@ -68,7 +75,7 @@ def select(inputs: np.ndarray, probabilities: np.ndarray, *, positive_index: int
     """Up to ``size`` inputs spread over the positive-probability range, nearest the threshold first (where a
     runtime's error would change a decision), leaving out those within MIN_MARGIN of it. The threshold is on
     the calibrated scale (``temperature``), as the service decides."""
-    positive = apply_temperature(probabilities, temperature)[:, positive_index]
+    positive = calibrated(probabilities, temperature)[:, positive_index]
     keep = np.flatnonzero(np.abs(positive - threshold) >= MIN_MARGIN)
     # half nearest the threshold, half spread evenly over the rest by probability
     by_margin = keep[np.argsort(np.abs(positive[keep] - threshold), kind="stable")]

@@ -27,7 +27,9 @@ from model_store.preprocessing import preprocess
 
 MiB = 1024 * 1024
 # Small limits so the limit tests send little; everything else is the default configuration.
-SERVER_SETTINGS = {"max_upload_bytes": 2 * MiB, "max_batch_files": 8, "access_log": False}
+# The float32 reference runtime, so answers compare exactly with model(x); the accelerated runtimes (the default,
+# auto) are checked against it within the verification tolerance in tests/app/test_runtimes.py.
+SERVER_SETTINGS = {"max_upload_bytes": 2 * MiB, "max_batch_files": 8, "access_log": False, "runtime": "keras"}
 
 
 @dataclass

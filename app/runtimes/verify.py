@@ -12,8 +12,7 @@ import numpy as np
 
 from app.runtimes.base import Runtime
 from model_store.artifact import ModelMetadata
-from model_store.calibration import apply_temperature
-from model_store.golden import GoldenSet
+from model_store.golden import GoldenSet, calibrated
 
 # The shipped model's nearest test image is 0.0075 from the threshold; the accelerated runtimes measured here
 # stay near 0.005. A runtime further off than this may flip decisions on real data.
@@ -39,8 +38,8 @@ class Verification:
 
 
 def decisions(probabilities: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
-    calibrated = apply_temperature(probabilities, float(getattr(metadata, "temperature", 1.0)))
-    return calibrated[:, metadata.positive_index] >= metadata.decision_threshold
+    scaled = calibrated(probabilities, float(getattr(metadata, "temperature", 1.0)))
+    return scaled[:, metadata.positive_index] >= metadata.decision_threshold
 
 
 def verify(runtime: Runtime, golden: GoldenSet, metadata: ModelMetadata,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -126,30 +127,97 @@ def test_lone_request_does_not_wait_for_the_delay():
     batcher.stop()
 
 
+@contextlib.contextmanager
+def announced_elsewhere(batcher: DynamicBatcher) -> Iterator[None]:
+    """Another caller (a thread) announces an item it is still decoding, until the block ends."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with batcher.expecting():
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    entered.wait(10)
+    try:
+        yield
+    finally:
+        leave.set()
+        thread.join(10)
+
+
 def test_max_delay_is_honoured_while_more_work_is_announced():
     model = Model()
     delay = 0.2
     batcher = make(model, max_delay_s=delay)
 
-    async def main() -> tuple[float, list[int]]:
-        with batcher.expecting():  # a request still decoding, which never arrives
+    async def main() -> float:
+        with announced_elsewhere(batcher):  # a request still decoding, which never arrives
             started = time.monotonic()
-            result = await batcher.submit(item(1))
-            waited = time.monotonic() - started
-        return waited, [result.batch_size]
+            await batcher.submit(item(1))
+            return time.monotonic() - started
 
-    waited, _ = asyncio.run(main())
+    waited = asyncio.run(main())
     assert delay * 0.9 <= waited < delay + 2.0
 
     async def joined() -> list[int]:
         # an announced request arriving within the delay joins the same batch
-        with batcher.expecting():
+        with announced_elsewhere(batcher):
             first = asyncio.ensure_future(batcher.submit(item(1)))
             await asyncio.sleep(delay / 4)
             second = await batcher.submit(item(2))
         return [(await first).batch_size, second.batch_size]
 
     assert asyncio.run(joined()) == [2, 2]
+    batcher.stop()
+
+
+def test_a_request_never_waits_for_its_own_announcement():
+    """The data plane submits inside ``expecting()``: the submit redeems the announcement, so a lone request
+    runs at once instead of waiting max_delay for itself (the 2.8 ms a lone request used to pay)."""
+    model = Model()
+    batcher = make(model, max_delay_s=5.0)
+
+    async def main() -> float:
+        started = time.monotonic()
+        with batcher.expecting():
+            future = batcher.submit_nowait(item(1))
+            result = await asyncio.wrap_future(future)
+        assert result.batch_size == 1
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 4.0
+    assert batcher.expected == 0
+    batcher.stop()
+
+
+def test_a_withdrawn_announcement_wakes_the_waiting_worker():
+    """A caller that announced and then failed to decode (nothing submitted) releases the worker at once."""
+    model = Model()
+    batcher = make(model, max_delay_s=5.0)
+
+    async def main() -> float:
+        release = threading.Event()
+        holder_ready = threading.Event()
+
+        def failing_decode() -> None:
+            with batcher.expecting():
+                holder_ready.set()
+                release.wait(10)  # then leaves the block without submitting (a decode error)
+
+        thread = threading.Thread(target=failing_decode)
+        thread.start()
+        holder_ready.wait(10)
+        started = time.monotonic()
+        future = asyncio.wrap_future(batcher.submit_nowait(item(1)))
+        await asyncio.sleep(0.05)
+        release.set()
+        await future
+        thread.join(10)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 4.0
     batcher.stop()
 
 
