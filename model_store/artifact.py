@@ -39,6 +39,8 @@ ALLOWED_CLASSES = frozenset(
         "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten",
         "Dense", "Dropout", "SpatialDropout2D", "BatchNormalization", "LayerNormalization", "Activation",
         "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", "Rescaling", "Reshape",
+        # a Functional model's config names the tensors between layers so (data only: shape, dtype, history)
+        "__keras_tensor__",
         # config helper objects (not layers)
         "DTypePolicy", "FloatDTypePolicy", "GlorotUniform", "GlorotNormal", "HeNormal", "HeUniform", "Zeros",
         "Ones", "L1", "L2", "L1L2", "RandomNormal", "RandomUniform", "TruncatedNormal", "Constant",
@@ -65,6 +67,8 @@ class ModelMetadata:
     preprocessing: PreprocessingSpec
     positive_class: str = "PNEUMONIA"
     decision_threshold: float = 0.5
+    # temperature scaling fitted on validation (model_store.calibration); the threshold is on that scale
+    temperature: float = 1.0
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +83,9 @@ class ModelMetadata:
             raise ArtifactError(f"positive_class {self.positive_class!r} is not one of {self.class_names}")
         if not 0.0 <= self.decision_threshold <= 1.0:
             raise ArtifactError(f"decision_threshold must be in [0, 1], got {self.decision_threshold!r}")
+        if not (isinstance(self.temperature, int | float) and 0.01 <= self.temperature <= 100.0):
+            raise ArtifactError(f"temperature must be a number in [0.01, 100] (1.0 = uncalibrated), "
+                                f"got {self.temperature!r}")
 
     @property
     def positive_index(self) -> int:

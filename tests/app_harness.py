@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.settings import Settings
 from model_store.artifact import LoadedArtifact
+from model_store.calibration import apply_temperature
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
 
@@ -92,8 +93,9 @@ async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def reference_probabilities(artifact: LoadedArtifact, data: list[bytes]) -> np.ndarray:
-    """``model(preprocess(decode(bytes)))`` with the artifact's own spec: what the API must answer."""
+    """``calibrate(model(preprocess(decode(bytes))))`` with the artifact's own spec and stored temperature:
+    what the API must answer."""
     spec = artifact.metadata.preprocessing
     batch = np.stack([preprocess(decode(d, min_size=2 * spec.input_size, max_pixels=50_000_000), spec)
                       for d in data])
-    return np.asarray(artifact.model(batch, training=False))
+    return apply_temperature(np.asarray(artifact.model(batch, training=False)), artifact.metadata.temperature)

@@ -21,6 +21,10 @@ class AugmentConfig:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def scaled(self, factor: float) -> AugmentConfig:
+        """Every range multiplied by ``factor`` (stronger or weaker augmentation)."""
+        return AugmentConfig(**{k: v * factor for k, v in asdict(self).items()})
+
 
 def augment(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Random affine + intensity jitter of a uint8 2-D image; returns uint8 of the same shape."""

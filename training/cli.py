@@ -37,11 +37,21 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=0.5)
     g.add_argument("--l1", type=float, default=1e-5)
     g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--arch", choices=["plain", "sepres"], default="plain",
+                   help="plain: v1's conv stack; sepres: stride-2 stem, residual separable blocks, batch norm, GAP")
+    g.add_argument("--no-stem-pool", action="store_true", help="sepres: no 2x2 pool after the stem")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay of Adam")
     g = p.add_argument_group("fit")
     g.add_argument("--balance", choices=["undersample", "class-weight", "none"], default="undersample")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--val-fraction", type=float, default=0.1)
+    g.add_argument("--split", choices=["patient", "image"], default="patient",
+                   help="carve validation by patient (grouped, stratified) or by image (v1)")
+    g.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="cosine: linear warm-up epochs")
+    g.add_argument("--augment-scale", type=float, default=1.0, help="multiply every augmentation range by this")
+    g.add_argument("--cache", help="folder for a decoded uint8 copy of folder datasets (epochs skip JPEG decoding)")
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--patience", type=int, default=5, help="early stopping patience (val_loss)")
@@ -49,6 +59,7 @@ def _train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation and export")
     g.add_argument("--target-sensitivity", type=float,
                    help="pick the threshold reaching this validation sensitivity (default: Youden's J)")
+    g.add_argument("--no-calibrate", action="store_true", help="do not fit a temperature on validation")
     g.add_argument("--store", default=str(DEFAULT_STORE), help="model store root")
     g.add_argument("--name", default="pneumonia")
     g.add_argument("--version", type=int, help="version to write (default: next free)")
@@ -65,18 +76,36 @@ def _limit(images: Any, limit: int | None) -> Any:
     return images.subset(np.sort(keep), description=f"{images.description}, first {limit} per class")
 
 
-def evaluate_model(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64) -> np.ndarray:
-    """P(PNEUMONIA) for every image of the set, through the shared preprocessing."""
+def predict_probabilities(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64,
+                          temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities (N, classes) of every image, through the shared preprocessing and calibration."""
+    from model_store.calibration import apply_temperature
     from training.batches import ImageBatches
 
     inputs = ImageBatches(images, spec, batch_size).all_inputs()
-    return model.predict(inputs, batch_size=batch_size, verbose=0)[:, 1]
+    return apply_temperature(model.predict(inputs, batch_size=batch_size, verbose=0), temperature)
+
+
+def evaluate_model(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64,
+                   temperature: float = 1.0) -> np.ndarray:
+    """P(PNEUMONIA) for every image of the set, through the shared preprocessing (and calibration)."""
+    return predict_probabilities(model, spec, images, batch_size, temperature)[:, 1]
 
 
 def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from model_store.artifact import save_artifact
+    from model_store.calibration import apply_temperature, fit_temperature
+    from model_store.golden import store_golden
+    from training.batches import ImageBatches
+    from training.cache import cached
+    from training.calibration_report import (
+        calibration_summary,
+        score_distribution,
+        split_counts,
+        write_reliability_diagram,
+    )
     from training.data import has_split, load_split
     from training.evaluate import binary_metrics, choose_threshold, write_plots, write_report
     from training.train import TrainConfig, build_metadata, fit, make_splits
@@ -84,11 +113,13 @@ def train_main(argv: list[str] | None = None) -> int:
     spec = PreprocessingSpec(input_size=args.input_size, crop=args.crop, binarize=args.binarize,
                              threshold=args.threshold, mask_bottom_fraction=args.mask_bottom)
     model_config = ModelConfig(input_size=args.input_size, filters=tuple(int(f) for f in args.filters.split(",")),
-                               dense_units=args.dense, dropout=args.dropout, l1=args.l1, learning_rate=args.lr)
+                               dense_units=args.dense, dropout=args.dropout, l1=args.l1, learning_rate=args.lr,
+                               arch=args.arch, weight_decay=args.weight_decay, stem_pool=not args.no_stem_pool)
     config = TrainConfig(spec=spec, model=model_config, balance=args.balance, epochs=args.epochs,
                          batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
-                         augment=None if args.no_augment else AugmentConfig(),
-                         early_stopping_patience=args.patience, verbose=0 if args.quiet else 2)
+                         augment=None if args.no_augment else AugmentConfig().scaled(args.augment_scale),
+                         early_stopping_patience=args.patience, split=args.split, schedule=args.schedule,
+                         warmup_epochs=args.warmup_epochs, verbose=0 if args.quiet else 2)
     if args.resume:  # the checkpoint's own configuration wins: resuming must not change the recipe
         from model_store.artifact import read_metadata
 
@@ -96,24 +127,34 @@ def train_main(argv: list[str] | None = None) -> int:
         config.spec = PreprocessingSpec.from_dict(saved["spec"])
         config.balance, config.seed, config.val_fraction = saved["balance"], saved["seed"], saved["val_fraction"]
         config.batch_size = saved["batch_size"]
+        config.split = saved.get("split", "image")  # checkpoints from before patient splits split by image
     train_set = _limit(load_split(args.data, "train"), args.limit)
+    if args.cache:
+        train_set = cached(train_set, config.spec, args.cache)
     splits = make_splits(train_set, config)
-    log.info("train %s, val %s", splits.train.class_counts(), splits.val.class_counts())
+    log.info("train %s, val %s, patients %s", splits.train.class_counts(), splits.val.class_counts(),
+             splits.patients)
     out = Path(args.out)
     model, state = fit(splits, config, out, resume=args.resume)
 
-    val_scores = evaluate_model(model, config.spec, splits.val)
-    threshold = choose_threshold(splits.val.labels, val_scores, args.target_sensitivity)
-    results = {"val": binary_metrics(splits.val.labels, val_scores, threshold)}
-    curves = {"val": (splits.val.labels, val_scores)}
-    if has_split(args.data, "test"):
+    sets = {"val": splits.val}
+    if has_split(args.data, "test"):  # reported only: nothing below is chosen on it
         test_set = _limit(load_split(args.data, "test"), args.limit)
-        test_scores = evaluate_model(model, config.spec, test_set)
-        results["test"] = binary_metrics(test_set.labels, test_scores, threshold)
-        curves["test"] = (test_set.labels, test_scores)
+        sets["test"] = cached(test_set, config.spec, args.cache) if args.cache else test_set
+    raw = {name: predict_probabilities(model, config.spec, images) for name, images in sets.items()}
+    temperature = 1.0 if args.no_calibrate else fit_temperature(raw["val"], splits.val.labels)
+    scores = {name: apply_temperature(probs, temperature)[:, 1] for name, probs in raw.items()}
+    threshold = choose_threshold(splits.val.labels, scores["val"], args.target_sensitivity)
+    results = {name: binary_metrics(images.labels, scores[name], threshold) for name, images in sets.items()}
+    curves = {name: (images.labels, scores[name]) for name, images in sets.items()}
+    calibration = {name: calibration_summary(images.labels, raw[name][:, 1], scores[name])
+                   for name, images in sets.items()}
     plots = write_plots(out, results, curves, state["history"], ["NORMAL", "PNEUMONIA"])
+    plots.append(write_reliability_diagram(out, {n: (sets[n].labels, raw[n][:, 1], scores[n]) for n in sets}))
     report = {"threshold_rule": f"sensitivity >= {args.target_sensitivity}" if args.target_sensitivity
               else "Youden's J on validation", "metrics": results, "plots": plots,
+              "temperature": temperature, "calibration": calibration,
+              "splits": split_counts(splits, sets.get("test")),
               "seconds_per_epoch": state["seconds_per_epoch"], "epochs_run": state["epoch"],
               "config": config.to_dict()}
     write_report(out, report)
@@ -126,9 +167,14 @@ def train_main(argv: list[str] | None = None) -> int:
     metadata = build_metadata(config, splits, {k: v for k, v in state.items() if k != "history"},
                               name=args.name, version=str(version))
     metadata.decision_threshold = threshold
-    metadata.metrics = {"threshold_rule": report["threshold_rule"], **results}
+    metadata.temperature = temperature
+    metadata.metrics = {"threshold_rule": report["threshold_rule"], **results, "calibration": calibration,
+                        "validation_distribution": score_distribution(scores["val"])}
+    metadata.dataset["splits"] = report["splits"]
     target = registry.path_for(args.name, version)
-    sha = save_artifact(model, metadata, target)
+    save_artifact(model, metadata, target)
+    # the golden set: real validation inputs + float32 outputs, against which serving verifies its runtime
+    sha = store_golden(target, model, ImageBatches(_limit(splits.val, 128), config.spec).all_inputs(), metadata)
     for name in [*plots, "report.json", "history.csv"]:
         shutil.copy2(out / name, target.parent / name)
     print(f"exported {target} (sha256 {sha}, {target.stat().st_size / 1e6:.1f} MB)")
@@ -150,7 +196,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     loaded = load_artifact(args.model)
     images = _limit(load_split(args.data, args.split), args.limit)
-    scores = evaluate_model(loaded.model, loaded.metadata.preprocessing, images)
+    scores = evaluate_model(loaded.model, loaded.metadata.preprocessing, images,
+                            temperature=loaded.metadata.temperature)
     metrics = binary_metrics(images.labels, scores, loaded.metadata.decision_threshold)
     print(json.dumps(metrics, indent=1))
     if args.out:

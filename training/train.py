@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from training.augment import AugmentConfig
 from training.batches import ImageBatches
 from training.data import CLASS_NAMES, Balance, ImageSet, class_weights, stratified_split, undersample
 from training.model import ModelConfig, build_model
+from training.patients import grouped_split, patient_groups
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class TrainConfig:
     early_stopping_patience: int = 5
     lr_patience: int = 4
     lr_factor: float = 0.2
+    split: str = "patient"  # "patient": validation carved by patient (grouped); "image": v1's image-level split
+    schedule: str = "plateau"  # "plateau": reduce on val_loss plateau; "cosine": cosine decay over the epochs
+    warmup_epochs: int = 0
     verbose: int = 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,7 +54,8 @@ class TrainConfig:
             "epochs": self.epochs, "batch_size": self.batch_size, "val_fraction": self.val_fraction,
             "seed": self.seed, "augment": self.augment.to_dict() if self.augment else None,
             "early_stopping_patience": self.early_stopping_patience, "lr_patience": self.lr_patience,
-            "lr_factor": self.lr_factor,
+            "lr_factor": self.lr_factor, "split": self.split, "schedule": self.schedule,
+            "warmup_epochs": self.warmup_epochs,
         }
 
 
@@ -58,14 +64,26 @@ class Splits:
     train: ImageSet
     val: ImageSet
     class_weight: dict[int, float] | None
+    patients: dict[str, int] = field(default_factory=dict)
 
 
 def make_splits(train_set: ImageSet, config: TrainConfig, val_set: ImageSet | None = None) -> Splits:
-    """Validation is carved from train (stratified, seeded) unless given; balancing touches train only."""
+    """Validation is carved from train (stratified, seeded; by patient unless ``split == "image"``) unless
+    given; balancing touches train only."""
+    groups = patient_groups(train_set.paths, len(train_set))
+    patients: dict[str, int] = {}
     if val_set is None:
-        keep, held = stratified_split(train_set.labels, config.val_fraction, config.seed)
-        val_set = train_set.subset(held, description=f"stratified {config.val_fraction:.0%} of {train_set.description}")
+        if config.split == "patient":
+            keep, held = grouped_split(train_set.labels, groups, config.val_fraction, config.seed)
+            how = "patient-grouped stratified"
+        elif config.split == "image":
+            keep, held = stratified_split(train_set.labels, config.val_fraction, config.seed)
+            how = "stratified"
+        else:
+            raise ValueError(f"split must be 'patient' or 'image', got {config.split!r}")
+        val_set = train_set.subset(held, description=f"{how} {config.val_fraction:.0%} of {train_set.description}")
         train_set = train_set.subset(keep)
+        patients = {"train": len(np.unique(groups[keep])), "val": len(np.unique(groups[held]))}
     weights = None
     if config.balance == "undersample":
         train_set = train_set.subset(undersample(train_set.labels, config.seed),
@@ -74,7 +92,7 @@ def make_splits(train_set: ImageSet, config: TrainConfig, val_set: ImageSet | No
         weights = class_weights(train_set.labels)
     elif config.balance != "none":
         raise ValueError(f"balance must be undersample, class-weight or none, got {config.balance!r}")
-    return Splits(train=train_set, val=val_set, class_weight=weights)
+    return Splits(train=train_set, val=val_set, class_weight=weights, patients=patients)
 
 
 class ArtifactCheckpoint(keras.callbacks.Callback):
@@ -112,7 +130,8 @@ def build_metadata(config: TrainConfig, splits: Splits, state: dict[str, Any], n
         name=name, version=version, class_names=list(CLASS_NAMES), preprocessing=config.spec,
         positive_class="PNEUMONIA", decision_threshold=0.5,
         dataset={"train": splits.train.description, "train_counts": splits.train.class_counts(),
-                 "val": splits.val.description, "val_counts": splits.val.class_counts()},
+                 "val": splits.val.description, "val_counts": splits.val.class_counts(),
+                 "patients": splits.patients},
         training={"config": config.to_dict(), **state},
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), code_version=code_version(),
     )
@@ -148,8 +167,7 @@ def fit(splits: Splits, config: TrainConfig, out_dir: str | Path, resume: str | 
     callbacks = [
         checkpoint,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
-                                          patience=config.lr_patience, min_lr=1e-6),
+        _schedule_callback(config),
         timer,
     ]
     if initial_epoch < config.epochs:
@@ -165,6 +183,24 @@ def fit(splits: Splits, config: TrainConfig, out_dir: str | Path, resume: str | 
              "seconds_per_epoch": timer.mean_seconds(), "optimizer_iterations": int(model.optimizer.iterations)}
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return model, state
+
+
+def cosine_rate(epoch: int, base: float, epochs: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` epochs, then cosine decay from ``base`` towards 1% of it."""
+    if epoch < warmup:
+        return base * (epoch + 1) / (warmup + 1)
+    progress = (epoch - warmup) / max(1, epochs - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _schedule_callback(config: TrainConfig) -> keras.callbacks.Callback:
+    if config.schedule == "cosine":
+        return keras.callbacks.LearningRateScheduler(
+            lambda epoch, _lr: cosine_rate(epoch, config.model.learning_rate, config.epochs, config.warmup_epochs))
+    if config.schedule == "plateau":
+        return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
+                                                 patience=config.lr_patience, min_lr=1e-6)
+    raise ValueError(f"schedule must be 'plateau' or 'cosine', got {config.schedule!r}")
 
 
 class EpochTimer(keras.callbacks.Callback):
