@@ -10,6 +10,7 @@ is what files the SR with the patient; those values never appear in a log line o
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 
 import highdicom as hd
@@ -22,6 +23,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from app.dataplane import NOTICE, Prediction
 from app.errors import DicomRequiredError
 from model_store.imaging import sniff_format
+
+# highdicom narrates at INFO which dataset (by SOP Instance UID) it copies the patient module from: UIDs stay
+# out of our logs
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 MEDIA_TYPE = "application/dicom"
 MANUFACTURER = "cxr-serve"
