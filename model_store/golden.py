@@ -8,7 +8,7 @@ binarized patterns and the reference model computes the probabilities at load.
 Storage: an HDF5 group ``cxr_golden`` beside Keras' groups in the same file (numeric datasets only, so the
 artifact loader's "no object datasets" rule holds). The model's inputs are binary (0/1) after preprocessing,
 so they are packed 8 per byte (``np.packbits``): 32 inputs of 224x224 take 200 kB instead of 6.4 MB.
-Non-binary inputs are stored as uint8 levels (x * 255), which is exact for anything decoded from 8-bit pixels.
+Other inputs are stored as uint8 levels (x * 255) where that is exact, else as float32.
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _encode(inputs: np.ndarray) -> tuple[str, np.ndarray]:
+    """The most compact exact form: bits (binarized inputs), 8-bit levels, else float32 (gzip still applies)."""
     if np.isin(inputs, (0.0, 1.0)).all():
         return "packbits", np.packbits(inputs.astype(np.uint8).reshape(-1))
-    if inputs.min() < 0 or inputs.max() > 1:
-        raise ValueError("golden inputs must lie in [0, 1] (the preprocessing output range)")
     levels = np.round(inputs * 255.0)
-    if not np.allclose(levels / 255.0, inputs, atol=1e-6):
-        raise ValueError("golden inputs are neither binary nor 8-bit levels; cannot store them exactly")
-    return "uint8", levels.astype(np.uint8).reshape(-1)
+    if inputs.min() >= 0 and inputs.max() <= 1 and np.array_equal(levels / 255.0, inputs.astype(np.float64)):
+        return "uint8", levels.astype(np.uint8).reshape(-1)
+    return "float32", inputs.astype(np.float32).reshape(-1)
 
 
 def _decode(encoding: str, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -66,7 +65,9 @@ def _decode(encoding: str, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
     if encoding == "packbits":
         return np.unpackbits(data, count=count).reshape(shape).astype(np.float32)
     if encoding == "uint8":
-        return (data[:count].astype(np.float32) / 255.0).reshape(shape)
+        return (data[:count].astype(np.float64) / 255.0).astype(np.float32).reshape(shape)
+    if encoding == "float32":
+        return data[:count].astype(np.float32).reshape(shape)
     raise ValueError(f"unknown golden encoding {encoding!r}")
 
 
@@ -129,14 +130,16 @@ def reference_probabilities(model: object, inputs: np.ndarray, chunk: int = 16) 
 
 
 def store_golden(path: str | os.PathLike[str], model: object, candidates: np.ndarray, metadata: ModelMetadata,
-                 size: int = DEFAULT_SIZE) -> int:
+                 size: int = DEFAULT_SIZE) -> str:
     """At export: run the reference on real (validation) inputs, preprocessed, keep up to ``size``, store them
-    in the artifact at ``path``. Returns how many were stored. The file changes: take its sha256 after."""
+    in the artifact at ``path``. The file changes: returns its new sha256."""
+    from model_store.artifact import file_sha256
+
     candidates = np.asarray(candidates, dtype=np.float32)
     inputs, probabilities = select(candidates, reference_probabilities(model, candidates), size=size,
                                    **_decision(metadata))
     write_golden(Path(path), inputs, probabilities)
-    return len(inputs)
+    return file_sha256(path)
 
 
 def synthetic_inputs(shape: tuple[int, ...], count: int = 64, seed: int = 20261130) -> np.ndarray:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 from app_harness import SERVER_SETTINGS, started
@@ -20,7 +21,7 @@ from app.runtimes.keras_runtime import KerasBf16Runtime
 from app.runtimes.verify import TOLERANCE, decisions, verify
 from app.settings import Settings
 from model_store import golden
-from model_store.artifact import inspect_artifact, load_artifact
+from model_store.artifact import file_sha256, inspect_artifact, load_artifact
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
 
@@ -57,11 +58,11 @@ def synthetic(artifact) -> golden.GoldenSet:
 def test_golden_set_round_trips_packed_in_the_artifact(tmp_path, artifact, test_inputs):
     path = tmp_path / "model.h5"
     shutil.copy(artifact.path, path)
-    stored = golden.store_golden(path, artifact.model, test_inputs, artifact.metadata, size=24)
-    assert 0 < stored <= 24
+    sha = golden.store_golden(path, artifact.model, test_inputs, artifact.metadata, size=24)
+    assert sha == file_sha256(path) != artifact.sha256
     inspect_artifact(path)  # still a valid, safe artifact (numeric datasets only)
     back = golden.read_golden(path)
-    assert back is not None and back.source == "artifact" and len(back) == stored
+    assert back is not None and back.source == "artifact" and 0 < len(back) <= 24
     assert set(np.unique(back.inputs)) <= {0.0, 1.0}  # binarized inputs, unpacked exactly
     reloaded = load_artifact(path)  # Keras ignores the extra group; the weights are the same
     np.testing.assert_allclose(golden.reference_probabilities(reloaded.model, back.inputs), back.probabilities,
@@ -70,15 +71,16 @@ def test_golden_set_round_trips_packed_in_the_artifact(tmp_path, artifact, test_
     assert path.stat().st_size - artifact.path.stat().st_size < back.inputs.nbytes / 16
 
 
-def test_non_binary_inputs_are_stored_as_exact_8_bit_levels(tmp_path):
+def test_non_binary_inputs_are_stored_exactly(tmp_path):
     path = tmp_path / "g.h5"
-    inputs = (np.arange(2 * 4 * 4).reshape(2, 4, 4, 1) % 256 / 255.0).astype(np.float32)
-    golden.write_golden(path, inputs, np.array([[0.2, 0.8], [0.6, 0.4]], np.float32))
-    back = golden.read_golden(path)
-    assert back is not None
-    np.testing.assert_array_equal(back.inputs, inputs)
-    with pytest.raises(ValueError, match="neither binary nor 8-bit"):
-        golden.write_golden(path, inputs + 0.001, np.zeros((2, 2), np.float32))
+    levels = (np.arange(2 * 4 * 4).reshape(2, 4, 4, 1) % 256 / 255.0).astype(np.float32)
+    for inputs, encoding in ((levels, "uint8"), (levels * 0.37, "float32")):
+        golden.write_golden(path, inputs, np.array([[0.2, 0.8], [0.6, 0.4]], np.float32))
+        back = golden.read_golden(path)
+        assert back is not None
+        np.testing.assert_array_equal(back.inputs, inputs)
+        with h5py.File(path) as handle:
+            assert handle[golden.GROUP].attrs["encoding"] == encoding
 
 
 def test_selection_spreads_and_skips_inputs_on_the_threshold():
