@@ -7,6 +7,8 @@ renderers (highdicom, fhir.resources) are imported on first use, so the default 
 
 from __future__ import annotations
 
+import functools
+
 from app.dataplane import Prediction
 from app.errors import NotAcceptableError
 
@@ -22,6 +24,11 @@ def negotiate(accept: str | None) -> str:
     range decides each type's quality); NotAcceptableError when the client accepts none of :data:`OFFERED`."""
     if accept is None or accept.strip() in _FAST:  # what nearly every client sends: no parsing at all
         return JSON
+    return _negotiate(accept)
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same header every time; bounded against varied ones
+def _negotiate(accept: str) -> str:
     ranges = [_parse(part) for part in accept.split(",") if part.strip()]
     best, best_q = None, 0.0
     for offer in OFFERED:  # in preference order, so a tie keeps the earlier offer
