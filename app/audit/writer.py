@@ -18,12 +18,18 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 
 from app.audit import store
-from app.audit.models import AuditRecord
+from app.audit.models import RECORD_COLUMNS, AuditRecord
 
 log = logging.getLogger("cxr.audit")
 
 Row = dict[str, Any]
 OUTAGE_ERRORS = (OperationalError, DisconnectionError)
+
+
+def full_rows(batch: list[Row]) -> list[Row]:
+    """Every row with every column: an executemany takes its columns from the FIRST row and would silently drop
+    the others' extra keys (an answer's model fields after a refusal that has none)."""
+    return [{column: row.get(column) for column in RECORD_COLUMNS} for row in batch]
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -164,7 +170,7 @@ class AuditWriter:
     def _write(self, batch: list[Row]) -> bool:
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(AuditRecord), batch)
+                connection.execute(insert(AuditRecord), full_rows(batch))
         except SQLAlchemyError as exc:
             if is_outage(exc):
                 self._set_state(False, exc)
@@ -181,7 +187,7 @@ class AuditWriter:
         for row in batch:
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(insert(AuditRecord), [row])
+                    connection.execute(insert(AuditRecord), full_rows([row]))
                 written += 1
             except SQLAlchemyError as exc:
                 if is_outage(exc):
