@@ -40,7 +40,14 @@ def fullres_dir() -> Path:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/image_factory.py (importlib mode)
 
-SHIPPED_MODEL = REPO_ROOT / "model_store" / "pneumonia" / "1" / "model.h5"
+def _latest_shipped() -> Path:
+    """The latest version in the store: what the service serves by default."""
+    folder = REPO_ROOT / "model_store" / "pneumonia"
+    versions = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "model.h5").is_file())
+    return folder / str(versions[-1] if versions else 1) / "model.h5"
+
+
+SHIPPED_MODEL = _latest_shipped()
 
 
 @pytest.fixture(scope="session")
