@@ -95,10 +95,11 @@ class Outgoing:
 
 class DicomNode:
     def __init__(self, settings: Settings, dataplane: DataPlane, metrics: Metrics,
-                 render_sr: RenderSR = default_render_sr) -> None:
+                 render_sr: RenderSR = default_render_sr, *, audit: Any = None) -> None:
         self.settings = settings
         self.dataplane = dataplane
         self.metrics = metrics
+        self.audit = audit  # app.audit.Audit: each image's answer or refusal becomes one audit row (route "dicom")
         self.render_sr = render_sr
         self._lock = threading.Lock()
         self._pending = 0
@@ -228,7 +229,11 @@ class DicomNode:
     async def _process(self, data: bytes, job: str, calling: str) -> None:
         handed_over = False
         try:
-            prediction = await self._predict(data)
+            if self.audit is None:
+                prediction = await self._predict(data)
+            else:
+                async with self.audit.track_item(job, "dicom", calling) as ticket:
+                    prediction = await self._predict(data, ticket)
             sr = await asyncio.to_thread(self.render_sr, prediction, data)
             self.metrics.dicom_processed.labels("reported", "").inc()
             self._outbox.put(Outgoing(job, sr))
@@ -248,10 +253,10 @@ class DicomNode:
             if not handed_over:
                 self._release()
 
-    async def _predict(self, data: bytes) -> Prediction:
+    async def _predict(self, data: bytes, ticket: Any = None) -> Prediction:
         for attempt in range(PREDICT_ATTEMPTS):
             try:
-                return await self.dataplane.predict_image(data)
+                return await self.dataplane.predict_image(data, ticket=ticket)
             except ServiceError as exc:
                 if exc.status != 503 or attempt == PREDICT_ATTEMPTS - 1:
                     raise

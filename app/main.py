@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.dicom_port is not None:
         from app.dicom_node import DicomNode  # pynetdicom is loaded only where a DICOM node is configured
 
-        dicom_node = DicomNode(settings, dataplane, metrics)
+        dicom_node = DicomNode(settings, dataplane, metrics, audit=audit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

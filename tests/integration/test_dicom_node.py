@@ -4,8 +4,10 @@ calling-AE control and back-pressure, and no patient data in any log line or met
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +65,14 @@ def sink() -> Iterator[SrSink]:
 
 
 @pytest.fixture(scope="module")
-def node(shipped_model: Path, sink: SrSink, logs: Collect) -> Iterator[Running]:
+def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("audit") / "audit.sqlite"
+
+
+@pytest.fixture(scope="module")
+def node(shipped_model: Path, sink: SrSink, logs: Collect, audit_db: Path) -> Iterator[Running]:
     settings = Settings(model_store=REPO_ROOT / "model_store", access_log=False, dicom_port=free_port(),
+                        audit_path=audit_db,
                         dicom_allowed_calling_aets=MODALITY_AE, dicom_destination_host="127.0.0.1",
                         dicom_destination_port=sink.port, dicom_destination_ae_title=sink.ae_title,
                         dicom_send_retries=RETRIES, dicom_retry_delay_s=0.1, dicom_timeout_s=5, **GATE_SETTINGS)
@@ -197,6 +205,23 @@ def test_full_queue_answers_out_of_resources(node):
     gate._stopping.set()
     assert gate._admit() == "shutting_down"
     assert OUT_OF_RESOURCES == 0xA700
+
+
+def test_every_node_answer_and_refusal_is_audited(node, audit_db):
+    """One audit row per image the node took (route "dicom", the calling AE as client); the refused one with
+    its code. The writer is buffered, so the rows are awaited."""
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.closing(sqlite3.connect(audit_db)) as db:
+            rows = db.execute("SELECT client, outcome, error_code FROM audit_records WHERE route = 'dicom'").fetchall()
+        answers = [r for r in rows if r[1] == "answer"]
+        refusals = [r for r in rows if r[1] == "refusal"]
+        if len(answers) >= 5 and refusals:  # 3 kinds + 2 in the destination-down test; the tiny image
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+    assert {r[0] for r in rows} == {MODALITY_AE}
+    assert [r[2] for r in refusals] == ["unusable_image"]
 
 
 def test_no_patient_data_in_any_log_line_or_metric(node, patient, logs):
