@@ -58,7 +58,8 @@ def records(engine: Engine, since: datetime, until: datetime | None) -> Iterator
                                     .order_by(Feedback.id)).mappings():
             feedback.setdefault(f["record_id"], []).append(
                 {"label": f["label"], "reader_id": f["reader_id"], "recorded_at": f["created_at"].isoformat()})
-        rows = connection.execution_options(yield_per=1000).execute(select(r).where(*where).order_by(r.id))
+        query = select(r).where(*where).order_by(r.created_at, r.id)
+        rows = connection.execution_options(yield_per=1000).execute(query)
         for row in rows.mappings():
             record = {column: row[column] for column in ("id", *RECORD_COLUMNS)}
             record["created_at"] = record["created_at"].isoformat()

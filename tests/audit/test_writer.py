@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from audit_pg import fresh_pg_database
-from audit_rows import answer
+from audit_rows import answer, refusal
 from sqlalchemy import event, func, select
 
 from app.audit import store
@@ -127,3 +127,19 @@ def test_shutdown_with_the_store_down_counts_what_was_not_stored(tmp_path: Path)
         writer.enqueue(answer(f"r{i}", 0.5))
     writer.close(timeout=1)
     assert writer.dropped == {"shutdown": 7}
+
+
+def test_rows_with_fewer_columns_do_not_strip_the_next_rows_of_theirs(store_url: str) -> None:
+    short = {k: v for k, v in refusal("first", "unsupported_format", 415).items()
+             if not k.startswith("model_") and k not in ("probabilities", "p_positive", "decision")}
+    writer = make_writer(store_url)
+    writer.start()
+    writer.enqueue(short)  # a refusal made before any model was involved: no model columns at all
+    writer.enqueue(answer("second", 0.8))
+    assert writer.flush(30)
+    writer.close(timeout=10)
+    engine = store.make_engine(store.resolve_url(store_url, Path()))
+    with engine.connect() as connection:
+        row = connection.execute(select(AuditRecord).where(AuditRecord.request_id == "second")).mappings().one()
+    engine.dispose()
+    assert row["model_sha256"] == "ab" * 32 and row["decision"] == "PNEUMONIA" and row["p_positive"] == 0.8
