@@ -59,10 +59,10 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default_factory=usable_cores, ge=1, le=64,
                                 description="threads decoding and preprocessing uploads, 1-64; unset: the number "
                                 "of CPU cores this process may use (e.g. 2)")
-    runtime: Literal["auto", "keras", "keras-bf16", "tflite-int8"] = Field(
+    runtime: Literal["auto", "keras", "keras-bf16", "tflite-int8", "keras-fp16"] = Field(
         "auto", description="how the model runs: auto (the fastest runtime that passes verification against the "
-        "float32 model on this CPU), keras (the float32 reference, no acceleration), keras-bf16 (oneDNN "
-        "bfloat16, CPUs with avx512_bf16) or tflite-int8 (TFLite dynamic-range int8)")
+        "float32 model on this machine), keras (the float32 reference, no acceleration), keras-bf16 (oneDNN "
+        "bfloat16, CPUs with avx512_bf16), tflite-int8 (TFLite dynamic-range int8) or keras-fp16 (GPU float16)")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest file, in bytes (>= 1024), "
                                   "e.g. 20971520 (20 MiB)")

@@ -79,9 +79,11 @@ def main() -> None:
     parser.add_argument("--version")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--budget-s", type=float, default=3.0, help="seconds per measurement (bounded)")
+    parser.add_argument("--runtime", default="keras", help="keras, or a cxr-serve runtime name (auto: the one "
+                        "the service picks, verified the same way)")
     parser.add_argument("uploads", nargs="+", help="LABEL=PATH of each upload to time")
     args = parser.parse_args()
-    model = load_runnable(args.store, args.name, args.version, args.max_batch_size)
+    model = load_runnable(args.store, args.name, args.version, args.max_batch_size, args.runtime)
     spec, predict = model.spec, model.predict
     uploads = {label: Path(file).read_bytes() for label, file in (item.split("=", 1) for item in args.uploads)}
     print("ready", flush=True)
@@ -92,6 +94,7 @@ def main() -> None:
         results = {label: measure(data, spec, predict, args.max_batch_size, args.budget_s)
                    for label, data in uploads.items()}
         print(json.dumps({"input_size": spec.input_size, "batch_size": args.max_batch_size, "uploads": results,
+                          "runtime": model.runtime,
                           "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}), flush=True)
 
 

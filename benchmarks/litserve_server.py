@@ -30,13 +30,15 @@ MAX_PIXELS = 50_000_000  # the service's default CXR_MAX_PIXELS
 
 
 class CxrLitAPI(ls.LitAPI):
-    def __init__(self, store: str, name: str, version: str | None, stats: str | None, **kwargs: Any) -> None:
+    def __init__(self, store: str, name: str, version: str | None, stats: str | None, runtime: str = "keras",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store, self.name, self.version, self.stats_path = store, name, version, stats
+        self.runtime = runtime
         self.batches = self.images = 0
 
     def setup(self, device: str) -> None:
-        self.model = load_runnable(self.store, self.name, self.version, self.max_batch_size)
+        self.model = load_runnable(self.store, self.name, self.version, self.max_batch_size, self.runtime)
         self.spec = self.model.spec
 
     def decode_request(self, request):
@@ -75,8 +77,9 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ queue instead of mp.Queue")
     parser.add_argument("--stats")
+    parser.add_argument("--runtime", default="keras", help="keras (float32, default) or a cxr-serve runtime name")
     args = parser.parse_args()
-    api = CxrLitAPI(args.store, args.name, args.version, args.stats, max_batch_size=args.max_batch_size,
+    api = CxrLitAPI(args.store, args.name, args.version, args.stats, args.runtime, max_batch_size=args.max_batch_size,
                     batch_timeout=args.delay_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60,
                           fast_queue=args.fast_queue)

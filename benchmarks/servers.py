@@ -143,7 +143,8 @@ def build_servers(args: argparse.Namespace, workdir: Path) -> list[Server]:
     def service_env(port: int, batch: int) -> dict[str, str]:
         env = {**base_env, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": args.model_store,
                "CXR_MODEL_NAME": args.model_name, "CXR_MAX_BATCH_SIZE": str(batch),
-               "CXR_MAX_DELAY_MS": str(args.delay_ms), "CXR_LOG_LEVEL": "warning", "CXR_GRACEFUL_TIMEOUT": "5"}
+               "CXR_MAX_DELAY_MS": str(args.delay_ms), "CXR_LOG_LEVEL": "warning", "CXR_GRACEFUL_TIMEOUT": "5",
+               "CXR_RUNTIME": args.runtime}
         if args.model_version:
             env["CXR_MODEL_VERSION"] = args.model_version
         else:
@@ -172,8 +173,13 @@ def build_servers(args: argparse.Namespace, workdir: Path) -> list[Server]:
                 argv += ["--version", args.model_version]
             if args.litserve_fast_queue:
                 argv.append("--fast-queue")
+            argv += ["--runtime", args.litserve_runtime]
             servers.append(Server(name, argv, base_env, port, "/health", log, batch_stats="file",
                                   stats_file=stats))
+        elif name == "naive":
+            argv = [python, str(BENCH / "naive_server.py"), "--port", str(port), "--store", args.model_store,
+                    "--name", args.model_name, *(["--version", args.model_version] if args.model_version else [])]
+            servers.append(Server(name, argv, base_env, port, "/health", log))
         else:
-            sys.exit(f"unknown target {name!r}; choose from service, nobatch, ceiling, litserve")
+            sys.exit(f"unknown target {name!r}; choose from service, nobatch, ceiling, litserve, naive")
     return servers

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from app.runtimes.base import Runtime, RuntimeUnavailable
-from app.runtimes.keras_runtime import KerasBf16Runtime, KerasRuntime
+from app.runtimes.keras_runtime import KerasBf16Runtime, KerasFp16Runtime, KerasRuntime
 from app.runtimes.lite import TFLiteInt8Runtime
 from app.runtimes.verify import TOLERANCE, Verification, verify
 from model_store.artifact import LoadedArtifact
@@ -20,14 +20,17 @@ from model_store.golden import GoldenSet
 
 log = logging.getLogger("cxr.runtimes")
 
-RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (KerasRuntime, KerasBf16Runtime, TFLiteInt8Runtime)}
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (KerasRuntime, KerasBf16Runtime, TFLiteInt8Runtime,
+                                                                 KerasFp16Runtime)}
 # Fastest first, as measured in-process on the 2-core AVX512_BF16/VNNI machine (images/s at batch 1 / 16):
 # tflite-int8 ~1000 / 750, keras-bf16 ~365 / 565, keras 254 / 306 (benchmarks/README.md).
 AUTO_ORDER = ["tflite-int8", "keras-bf16"]
+# On a GPU: float16 on tensor cores, verified like any other (not measured here: benchmarks/gpu_check.sh does)
+AUTO_ORDER_GPU = ["keras-fp16"]
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
-__all__ = ["AUTO_ORDER", "RUNTIMES", "RUNTIME_CHOICES", "TOLERANCE", "Runtime", "RuntimeUnavailable", "Selection",
-           "Verification", "select_runtime", "verify"]
+__all__ = ["AUTO_ORDER", "AUTO_ORDER_GPU", "RUNTIMES", "RUNTIME_CHOICES", "TOLERANCE", "Runtime",
+           "RuntimeUnavailable", "Selection", "Verification", "select_runtime", "verify"]
 
 
 @dataclass
@@ -46,7 +49,7 @@ def candidates(requested: str, gpu: bool) -> list[str]:
     if requested == "keras":
         return []
     if requested == "auto":
-        return [] if gpu else list(AUTO_ORDER)  # on a GPU, TensorFlow float32 on the GPU is the fast path
+        return list(AUTO_ORDER_GPU if gpu else AUTO_ORDER)
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}; expected one of {', '.join(RUNTIME_CHOICES)}")
     return [requested]

@@ -3,6 +3,8 @@
 ``keras`` is the definition of right: one concrete ``tf.function`` per bucket, traced up front, so a batch
 that is not a bucket size is an error rather than a silent retrace.
 
+``keras-fp16`` is the same on a GPU with ``mixed_float16`` (tensor cores).
+
 ``keras-bf16`` rebuilds the same layers under Keras' ``mixed_bfloat16`` policy (weights float32, compute in
 bfloat16: oneDNN's AVX512_BF16 kernels), keeping the output layer float32 so the softmax is exact. It is local to
 this model, unlike TensorFlow's global ``auto_mixed_precision_onednn_bfloat16`` switch, which would also turn
@@ -57,8 +59,8 @@ class KerasRuntime(Runtime):
         return function(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
 
 
-def bf16_clone(model: Any) -> Any:
-    """The same architecture and weights, every layer but the last computing in bfloat16."""
+def mixed_clone(model: Any, policy: str = "mixed_bfloat16") -> Any:
+    """The same architecture and weights, every layer but the last computing in the policy's 16-bit type."""
     import keras
 
     last = model.layers[-1].name
@@ -66,7 +68,7 @@ def bf16_clone(model: Any) -> Any:
     def clone_layer(layer: Any) -> Any:
         config = layer.get_config()
         if layer.name != last and not isinstance(layer, keras.layers.InputLayer) and "dtype" in config:
-            config["dtype"] = "mixed_bfloat16"
+            config["dtype"] = policy
         return layer.__class__.from_config(config)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
@@ -88,4 +90,19 @@ class KerasBf16Runtime(KerasRuntime):
     def load(cls, artifact: LoadedArtifact, buckets: list[int]) -> Runtime:
         if _gpu_present():
             raise RuntimeUnavailable("keras-bf16 is a CPU runtime; on a GPU use keras")
-        return cls(bf16_clone(artifact.model), artifact.metadata.preprocessing.input_shape, buckets)
+        return cls(mixed_clone(artifact.model, "mixed_bfloat16"), artifact.metadata.preprocessing.input_shape,
+                   buckets)
+
+
+class KerasFp16Runtime(KerasRuntime):
+    name = "keras-fp16"
+    description = "TensorFlow on the GPU, float16 compute (Keras mixed_float16, tensor cores), float32 output layer"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None if _gpu_present() else "no GPU visible to TensorFlow (float16 is a GPU runtime)"
+
+    @classmethod
+    def load(cls, artifact: LoadedArtifact, buckets: list[int]) -> Runtime:
+        return cls(mixed_clone(artifact.model, "mixed_float16"), artifact.metadata.preprocessing.input_shape,
+                   buckets)

@@ -25,7 +25,12 @@ from model_store.artifact import LoadedArtifact
 log = logging.getLogger("cxr.runtimes")
 
 
-def usable_cores() -> int:
+def compute_threads() -> int:
+    """TF_NUM_INTRAOP_THREADS where set (the deployment sets it to the pod's CPU limit, which the affinity mask
+    does not show), else the cores this process may run on."""
+    configured = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -77,7 +82,7 @@ class TFLiteInt8Runtime(Runtime):
                  threads: int | None = None) -> None:
         super().__init__(input_shape, buckets)
         self.flatbuffer = flatbuffer
-        threads = threads or usable_cores()
+        threads = threads or compute_threads()
         interpreter_class = _interpreter_class()
         self._buckets = {size: _Bucket(interpreter_class, flatbuffer, (size, *input_shape), threads)
                          for size in buckets}
