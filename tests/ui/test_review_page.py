@@ -132,6 +132,37 @@ def console_problems(driver) -> list[str]:
             if entry["level"] == "SEVERE" and "the server responded with a status of 4" not in entry["message"]]
 
 
+# WCAG 2 relative luminance and contrast ratio of each visible text element against its first opaque background
+CONTRAST_JS = """
+const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+const background = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length < 4 || c[3] > 0.99) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+return [...document.querySelectorAll(arguments[0])].filter((e) => e.offsetParent && e.textContent.trim())
+  .map((e) => [e.id || e.className || e.tagName, rgb(getComputedStyle(e).color).slice(0, 3), background(e)]);
+"""
+TEXT = "h1, h2, h3, p, label, button, li, dt, dd, output, small, figcaption, .notice, .hint, .threshold-label"
+
+
+def contrast(foreground: list[float], background: list[float]) -> float:
+    def luminance(color: list[float]) -> float:
+        linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in color]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    lighter, darker = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def low_contrast(driver) -> list[str]:
+    measured = driver.execute_script(CONTRAST_JS, TEXT)
+    assert len(measured) >= 8, measured  # the check saw the page's text, not an empty selection
+    return [f"{name}: {contrast(fg, bg):.2f}" for name, fg, bg in measured if contrast(fg, bg) < 4.5]
+
+
 def test_page_is_labelled_and_keyboard_reachable(service, browser, artifacts):
     open_page(browser, service)
     assert browser.title.startswith("cxr-serve")
@@ -143,6 +174,7 @@ def test_page_is_labelled_and_keyboard_reachable(service, browser, artifacts):
     assert unlabelled == []
     from selenium.webdriver.common.keys import Keys
 
+    assert low_contrast(browser) == []
     browser.find_element("tag name", "body").send_keys(Keys.TAB)
     assert browser.switch_to.active_element.get_attribute("id") == "file-input"  # first stop: choose a file
     screenshot(browser, artifacts / "01-empty-page.png")
@@ -206,6 +238,7 @@ def test_a_real_xray_shows_decision_probabilities_and_heatmap(service, browser, 
         "return [i.width, i.height, o.width, o.height, i.left - o.left, i.top - o.top]")
     assert size[0] > 100 and size[2:4] == pytest.approx(size[0:2], abs=1) and size[4:] == pytest.approx([0, 0], abs=1)
     screenshot(browser, artifacts / "04-result-with-heatmap.png")
+    assert low_contrast(browser) == []  # decision, probabilities, threshold note, captions
 
     from selenium.webdriver.common.keys import Keys
 
@@ -218,3 +251,25 @@ def test_a_real_xray_shows_decision_probabilities_and_heatmap(service, browser, 
     screenshot(browser, artifacts / "05-heatmap-faded-out.png")
     assert console_problems(browser) == []
 
+
+
+def test_a_dropped_file_is_analysed(service, browser, artifacts, xray_224_dir):
+    """Drag and drop: the page receives a real X-ray in a drop event, as from a file manager."""
+    film = sorted((xray_224_dir / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
+    open_page(browser, service)
+    by_id(browser, "api-key").send_keys(KEY)
+    browser.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const data = new DataTransfer();"
+        "data.items.add(new File([bytes], arguments[1], {type: 'image/jpeg'}));"
+        "const zone = document.getElementById('drop-zone');"
+        "zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: data, bubbles: true, cancelable: true}));"
+        "zone.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+        base64.b64encode(film.read_bytes()).decode("ascii"), film.name)
+    wait_for(browser, outcome_shown)
+    assert by_id(browser, "result").is_displayed(), by_id(browser, "error").text
+    assert by_id(browser, "decision").text.splitlines()[0] in ("NORMAL", "PNEUMONIA")
+    assert film.name in by_id(browser, "caption").text
+    wait_for(browser, lambda d: d.execute_script("return document.getElementById('overlay').naturalWidth") > 0)
+    screenshot(browser, artifacts / "06-dropped-file.png")
+    assert console_problems(browser) == []
