@@ -142,7 +142,7 @@
     $("warnings").hidden = warnings.length === 0;
 
     $("model").textContent = body.model.name + " version " + body.model.version + " (sha256 " +
-      body.model.sha256.slice(0, 12) + "…)";
+      body.model.sha256.slice(0, 12) + "…" + (body.model.runtime ? ", runtime " + body.model.runtime : "") + ")";
     $("request-id").textContent = body.request_id;
 
     const explanation = body.explanation;

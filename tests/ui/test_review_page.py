@@ -117,8 +117,10 @@ def choose(driver, path: Path) -> None:
 
 def screenshot(driver, path: Path) -> None:
     """The whole page, not just the window: grow the window to the document's height first."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(900, height + 40))
+    for _ in range(2):  # the second pass measures the layout at the new size (and the window's own chrome)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        viewport = driver.execute_script("return window.innerHeight")
+        driver.set_window_size(1400, driver.get_window_size()["height"] + max(0, height - viewport) + 8)
     driver.save_screenshot(str(path))
 
 
