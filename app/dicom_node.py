@@ -161,7 +161,7 @@ class DicomNode:
     def stop(self, timeout: float) -> None:
         """Drains like HTTP: stop taking images, finish and deliver those accepted (up to ``timeout`` s), then
         close. Blocking: the lifespan calls it in a thread while the event loop finishes the predictions."""
-        if self._ae is None:
+        if self._ae is None or self._stopping.is_set():  # not started, or already stopped
             return
         deadline = time.monotonic() + timeout
         self._stopping.set()

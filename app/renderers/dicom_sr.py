@@ -107,9 +107,10 @@ def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[
             name=PROBABILITY, value=round(positive, 6), unit=NO_UNITS, algorithm_id=algorithm,
             referenced_images=[hd.sr.SourceImageForMeasurement(*image)])],
         source_images=[hd.sr.SourceImageForMeasurementGroup(*image)])
-    # the intended-use notice travels with the result (TID 1501 allows a TEXT qualitative evaluation)
-    group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=COMMENT, value=NOTICE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    # the intended-use notice, and any warning (e.g. the input gate's flag), travel with the result as comments
+    for text in (NOTICE, *getattr(prediction, "warnings", ())):
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PLAIN_CHEST_XRAY, imaging_measurements=[group])

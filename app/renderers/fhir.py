@@ -76,7 +76,7 @@ def build_report(prediction: Prediction, request_id: str, study_uid: str | None)
         ],
         "device": {"reference": "#model"},
         "issued": issued,
-        "note": [{"text": NOTICE}],
+        "note": [{"text": text} for text in (NOTICE, *getattr(prediction, "warnings", ()))],
         **({"derivedFrom": study} if study else {}),
     }
     report = {

@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,16 +157,24 @@ def sr_finding(sr: Dataset) -> tuple[str, float]:
     return group.get_qualitative_evaluations()[0].value.meaning, float(group.get_measurements()[0].value)
 
 
-def test_refused_image_gets_no_sr_but_a_log_line_and_a_metric(node, sink, films, patient, logs):
-    before_sr, before_refused = len(sink.received), metric(node, "cxr_dicom_images_processed_total",
-                                                             outcome="refused", code="unusable_image")
-    tiny = chest_dicom(films["NORMAL"][:20, :20], patient=patient)  # too small to be a radiograph
+REFUSALS = {
+    "unusable_image": (400, lambda gray: chest_dicom(gray[:20, :20])),  # too small to be a radiograph
+    "not_a_chest_xray": (422, lambda gray: chest_dicom(gray, body_part="HAND")),  # the gate's header rule
+}
 
-    assert send(node, tiny) == 0x0000  # taken; the refusal is the node's, after decoding
 
-    wait_metric(node, "cxr_dicom_images_processed_total", before_refused + 1, outcome="refused",
-                code="unusable_image")
-    assert any("refused: 400 unusable_image" in line for line in logs.lines)
+@pytest.mark.parametrize("code", sorted(REFUSALS))
+def test_refused_image_gets_no_sr_but_a_log_line_and_a_metric(node, sink, films, logs, code):
+    if code == "not_a_chest_xray" and GATE_SETTINGS:
+        pytest.skip("no gate model in the store: the tests run with CXR_GATE=off")
+    status, make = REFUSALS[code]
+    before_sr = len(sink.received)
+    before = metric(node, "cxr_dicom_images_processed_total", outcome="refused", code=code)
+
+    assert send(node, make(films["NORMAL"])) == 0x0000  # taken; the refusal is the node's, after decoding
+
+    wait_metric(node, "cxr_dicom_images_processed_total", before + 1, outcome="refused", code=code)
+    assert any(f"refused: {status} {code}" in line for line in logs.lines)
     wait_metric(node, "cxr_dicom_pending", 0)  # nothing of it left in the node ...
     assert len(sink.received) == before_sr  # ... and no SR was sent for it
 
@@ -210,18 +219,19 @@ def test_full_queue_answers_out_of_resources(node):
 def test_every_node_answer_and_refusal_is_audited(node, audit_db):
     """One audit row per image the node took (route "dicom", the calling AE as client); the refused one with
     its code. The writer is buffered, so the rows are awaited."""
+    expected = ["unusable_image"] if GATE_SETTINGS else sorted(REFUSALS)  # the header rule needs the gate on
     deadline = time.monotonic() + 30
     while True:
         with contextlib.closing(sqlite3.connect(audit_db)) as db:
             rows = db.execute("SELECT client, outcome, error_code FROM audit_records WHERE route = 'dicom'").fetchall()
         answers = [r for r in rows if r[1] == "answer"]
         refusals = [r for r in rows if r[1] == "refusal"]
-        if len(answers) >= 5 and refusals:  # 3 kinds + 2 in the destination-down test; the tiny image
+        if len(answers) >= 5 and len(refusals) >= len(expected):  # 3 kinds + 2 when the destination was down
             break
         assert time.monotonic() < deadline, rows
         time.sleep(0.2)
     assert {r[0] for r in rows} == {MODALITY_AE}
-    assert [r[2] for r in refusals] == ["unusable_image"]
+    assert sorted(r[2] for r in refusals) == expected
 
 
 def test_no_patient_data_in_any_log_line_or_metric(node, patient, logs):
@@ -229,3 +239,32 @@ def test_no_patient_data_in_any_log_line_or_metric(node, patient, logs):
     assert "DICOM image" in seen and "SR" in seen  # the node did log its work in this module
     for secret in patient.secrets():
         assert secret not in seen, secret
+
+
+def test_stop_drains_accepted_images_then_readiness_fails(node, sink, films):
+    """Last in this module (it stops the node): an image still being processed when stop() begins is answered
+    before stop() returns, and from then on the service is not ready (the lifespan's stop is then a no-op)."""
+    dicom_node = node.app.state.dicom_node
+    render, go = dicom_node.render_sr, threading.Event()
+
+    def held_render(prediction, data):
+        assert go.wait(60), "never released"
+        return render(prediction, data)
+
+    dicom_node.render_sr = held_render
+    before = len(sink.received)
+    assert send(node, chest_dicom(films["NORMAL"])) == 0x0000
+    assert dicom_node.pending == 1  # held in the node until released below
+    stopper = threading.Thread(target=dicom_node.stop, kwargs={"timeout": 60})
+    stopper.start()
+    while not dicom_node._stopping.is_set():
+        time.sleep(0.01)
+    # draining: a new image is not taken (connection refused, or 0xA700 if it slipped in before the listener closed)
+    assert send(node, chest_dicom(films["NORMAL"])) in (None, OUT_OF_RESOURCES)
+    go.set()
+    stopper.join(90)
+
+    assert not stopper.is_alive() and dicom_node.pending == 0
+    assert len(sink.received) == before + 1  # the held image was answered before stop() returned
+    ready = node.client.get("/health/ready")
+    assert ready.status_code == 503 and "DICOM node" in ready.json()["reason"]

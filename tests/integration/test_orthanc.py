@@ -1,8 +1,8 @@
 """Round trip through a real PACS: Debian's Orthanc (headless, generated configuration, free loopback ports)
 sends a chest radiograph to cxr-serve (a real process with its DICOM node on), and the SR comes back into the
 same study. Also: cxr-serve down when Orthanc sends (the send fails cleanly; after the start a resend works),
-the SR equals /predict's answer for the same file, SIGTERM drains the node, and the process log and /metrics
-never contain the patient's name, ID or birth date."""
+the SR equals /predict's answer for the same file, SIGTERM right after a send drains the node (that SR still
+arrives), and the process log and /metrics never contain the patient's name, ID or birth date, nor UIDs."""
 
 from __future__ import annotations
 
@@ -34,15 +34,16 @@ def send_to_cxr(rest: httpx.Client, instance: str) -> httpx.Response:
     return rest.post("/modalities/cxr/store", json={"Resources": [instance], "Synchronous": True})
 
 
-def wait_for_sr(rest: httpx.Client, study: str, timeout: float = 60.0) -> bytes:
+def wait_for_srs(rest: httpx.Client, study: str, count: int = 1, timeout: float = 60.0) -> list[bytes]:
+    """The SR instances in ``study`` (each in its own series), once there are ``count``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for series in rest.get(f"/studies/{study}/series").json():
-            if series["MainDicomTags"].get("Modality") == "SR":
-                [instance] = series["Instances"]
-                return rest.get(f"/instances/{instance}/file").content
+        instances = [instance for series in rest.get(f"/studies/{study}/series").json()
+                     if series["MainDicomTags"].get("Modality") == "SR" for instance in series["Instances"]]
+        if len(instances) >= count:
+            return [rest.get(f"/instances/{instance}/file").content for instance in instances]
         time.sleep(0.2)
-    raise AssertionError(f"no SR arrived in study {study} within {timeout}s")
+    raise AssertionError(f"fewer than {count} SR(s) arrived in study {study} within {timeout}s")
 
 
 def wait_for_metrics(api: httpx.Client, line: str, timeout: float = 30.0) -> str:
@@ -82,8 +83,12 @@ def test_orthanc_round_trip(shipped_model, fullres_images, patient, tmp_path):
                 resent = send_to_cxr(rest, stored["ID"])  # the resend, now that cxr-serve is up
                 assert resent.status_code == 200, resent.text
 
-                sr_bytes = wait_for_sr(rest, stored["ParentStudy"])
+                [sr_bytes] = wait_for_srs(rest, stored["ParentStudy"])
                 metrics = wait_for_metrics(api, 'cxr_dicom_sr_sent_total{outcome="sent"} 1.0')
+            # SIGTERM right after Orthanc's send returned: the node drains, the SR still arrives
+            again = upload(rest, chest_dicom(films["PNEUMONIA"], patient=patient,
+                                             study_uid=dcmread(io.BytesIO(source_bytes)).StudyInstanceUID))
+            assert send_to_cxr(rest, again["ID"]).status_code == 200
             warnings = dciodvfy(sr_bytes, tmp_path)
             source, sr = dcmread(io.BytesIO(source_bytes)), hd.sr.srread(io.BytesIO(sr_bytes))
             assert sr.StudyInstanceUID == source.StudyInstanceUID
@@ -96,6 +101,7 @@ def test_orthanc_round_trip(shipped_model, fullres_images, patient, tmp_path):
             assert finding == ("Present" if expected["prediction"] == expected["positive_class"] else "Absent")
         finally:
             code = server.process.stop(60)
+        assert len(wait_for_srs(rest, stored["ParentStudy"], count=2, timeout=10)) == 2
         log = server.process.log_text()
         assert code == 0, log[-3000:]
         assert "DICOM node stopped; every accepted image was answered" in log

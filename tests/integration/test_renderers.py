@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pytest
 from app_harness import wait_ready
 from chest_dicom import chest_dicom
@@ -22,9 +23,9 @@ from peers import dciodvfy
 from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage
 
-from app.dataplane import NOTICE
+from app.dataplane import NOTICE, Prediction
 from app.main import create_app
-from app.renderers import DICOM, FHIR, negotiate
+from app.renderers import DICOM, FHIR, dicom_sr, fhir, negotiate
 from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,21 @@ def test_sr_carries_algorithm_threshold_observer_and_notice(client, films, patie
     assert "Observer Type=Device" in text and "Device Observer UID=" in text
     assert f"Comment={NOTICE}" in text
     assert "Pneumonia=" in text  # the qualitative evaluation, SNOMED CT 233604007
+
+
+def test_warnings_travel_with_the_result(client, films, patient, tmp_path):
+    """A flagged result (e.g. CXR_GATE=flag) keeps its warning in both the SR and the FHIR answer."""
+    model = client.app.state.manager.current
+    warning = "flagged by the input gate: test warning"
+    prediction = Prediction(model=model, probabilities=np.array([0.3, 0.7], dtype=np.float32), timing_ms={},
+                            warnings=[warning])
+    source = chest_dicom(films["NORMAL"], patient=patient)
+    sr_bytes = dicom_sr.render(prediction, source)
+    dciodvfy(sr_bytes, tmp_path)
+    assert f"Comment={warning}" in _content_text(dcmread(io.BytesIO(sr_bytes)).ContentSequence)
+    report = DiagnosticReport.model_validate_json(fhir.render(prediction, source, "req-1"))
+    observation, _ = _contained(report)
+    assert [note.text for note in observation.note] == [NOTICE, warning]
 
 
 def _content_text(sequence) -> str:
