@@ -150,7 +150,8 @@ class Orthanc:
 def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]]) -> Iterator[Orthanc]:
     """Debian's Orthanc, headless: generated configuration, storage in ``folder``, no authentication, loopback
     only, and ``modalities`` (name -> AE title, host, port) it may send to."""
-    binary = shutil.which("Orthanc")
+    # Debian installs it in /usr/sbin, which a non-root PATH may lack
+    binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
         pytest.skip("Orthanc not installed (Debian package orthanc)")
     http_port, dicom_port = free_port(), free_port()
