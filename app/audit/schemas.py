@@ -12,8 +12,9 @@ from app.schemas import ModelRef
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(min_length=1, max_length=160, description="the request id of the answer (for "
-                            "/predict/batch and /v2: <request id>-<index>)")
+    request_id: str = Field(min_length=1, max_length=160, pattern=r"^[^\x00-\x1f\x7f]+$",
+                            description="the request id of the answer (for /predict/batch and /v2: "
+                            "<request id>-<index>)")
     label: Literal["NORMAL", "PNEUMONIA", "uncertain"] = Field(description="the confirmed finding")
     reader_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w.@:-]+$",
                                   description="who confirmed it (a staff id, not patient data)")

@@ -1,0 +1,112 @@
+"""What the audit trail costs: cxr-serve with audit on (SQLite, the default) against audit off, same model, same
+upload, 64 connections, in one run. The two servers take turns (the other frozen with SIGSTOP), several rounds,
+and the ratio of the medians is printed. Target: audit on >= 95 % of audit off (overhead <= 5 %).
+
+Usage: ``python benchmarks/audit_overhead.py`` (about 2 minutes), ``--audit-url postgresql://...`` to measure
+PostgreSQL instead of SQLite, ``--upload fullres`` for the large JPEG. Needs ``wrk`` (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.loadgen import make_upload, pick_uploads, run_wrk
+from benchmarks.servers import REPO, Server, free_ports, http_get
+
+
+def start(name: str, port: int, env: dict[str, str], workdir: Path) -> Server:
+    python = Path(sys.executable)
+    serve = python.with_name("cxr-serve")
+    argv = [str(serve)] if serve.exists() else [str(python), "-m", "app.cli"]
+    server = Server(name, argv, env, port, "/health/ready", workdir / f"{name}.log", batch_stats="metrics")
+    server.start()
+    return server
+
+
+def written(server: Server) -> dict[str, float]:
+    text = http_get(server.url("/metrics"))[1]
+    found = dict(re.findall(r"^(cxr_audit_records_written_total|cxr_audit_buffered) (\S+)$", text, re.M))
+    dropped = sum(float(v) for v in re.findall(r"^cxr_audit_records_dropped_total\{[^}]*\} (\S+)$", text, re.M))
+    return {"written": float(found.get("cxr_audit_records_written_total", 0)),
+            "buffered": float(found.get("cxr_audit_buffered", 0)), "dropped": dropped}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("CXR_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--upload", choices=("224", "fullres"), default="224")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--audit-url", help="audit store URL (default: SQLite in a temporary folder)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="cxr-audit-bench-"))
+    label, path = pick_uploads(Path(args.data), None, None)[0 if args.upload == "224" else 1]
+    upload = make_upload(label, path, workdir)
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "127.0.0.1",
+            "CXR_LOG_LEVEL": "warning", "CXR_ACCESS_LOG": "false", "CXR_GRACEFUL_TIMEOUT": "10"}
+    port_on, port_off = free_ports(2)
+    on_env = {**base, "CXR_PORT": str(port_on), "CXR_AUDIT_ENABLED": "true",
+              "CXR_AUDIT_PATH": str(workdir / "audit.db")}
+    if args.audit_url:
+        on_env["CXR_AUDIT_URL"] = args.audit_url
+    servers = {"audit on": start("audit-on", port_on, on_env, workdir),
+               "audit off": start("audit-off", port_off, {**base, "CXR_PORT": str(port_off),
+                                                          "CXR_AUDIT_ENABLED": "false"}, workdir)}
+    results: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        deadline = time.monotonic() + 300
+        while not all(s.poll_ready() for s in servers.values()):
+            if time.monotonic() > deadline:
+                sys.exit("servers not ready after 300 s")
+            time.sleep(0.5)
+        before = written(servers["audit on"])
+        print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
+              f"{args.rounds} rounds, store {args.audit_url or 'SQLite (default)'}")
+        for round_no in range(args.rounds):
+            order = list(servers) if round_no % 2 == 0 else list(reversed(servers))  # ABBA: drifts cancel
+            for name in order:
+                server = servers[name]
+                other = next(s for n, s in servers.items() if n != name)
+                other.signal(signal.SIGSTOP)
+                try:
+                    url = server.url("/predict")
+                    run_wrk(url, upload, connections=args.connections, seconds=args.warmup, threads=1,
+                            workdir=workdir)
+                    time.sleep(0.3)
+                    load = run_wrk(url, upload, connections=args.connections, seconds=args.duration, threads=1,
+                                   workdir=workdir)
+                finally:
+                    other.signal(signal.SIGCONT)
+                ok = sum(n for status, n in load["statuses"].items() if str(status).startswith("2"))
+                bad = {k: v for k, v in load["statuses"].items() if not str(k).startswith("2")}
+                rate = ok / (load["duration_us"] / 1e6)
+                results[name].append(rate)
+                print(f"  round {round_no + 1} {name:9s} {rate:8.1f} req/s" + (f"  non-2xx {bad}" if bad else ""))
+        time.sleep(1.5)  # the writer's last batch
+        after = written(servers["audit on"])
+        on, off = statistics.median(results["audit on"]), statistics.median(results["audit off"])
+        print(f"median: audit on {on:.1f} req/s, audit off {off:.1f} req/s, ratio {on / off:.3f} "
+              f"(overhead {100 * (1 - on / off):.1f} %, target <= 5 %)")
+        print(f"records written during the run: {after['written'] - before['written']:.0f}, still buffered "
+              f"{after['buffered']:.0f}, not stored {after['dropped']:.0f}")
+    finally:
+        for server in servers.values():
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
