@@ -208,3 +208,24 @@ def test_preview_keeps_the_aspect_ratio_and_the_pixels():
     assert picture.mode == "L" and picture.size == (100, 50)
     row = np.asarray(picture)[25]
     assert row[0] < 10 and row[-1] > 245 and np.all(np.diff(row.astype(int)) >= 0)
+
+
+def test_the_v2_network_family_is_explained_at_last_conv_after_an_artifact_round_trip(tmp_path):
+    """training.model's residual separable network (the v2 default), saved and loaded by the artifact code the
+    service uses: Grad-CAM reads its "last_conv" and gives the same maps before and after."""
+    from model_store.artifact import ModelMetadata, load_artifact, save_artifact
+    from training.model import ModelConfig, build_model
+
+    keras.utils.set_random_seed(3)
+    model = build_model(ModelConfig(input_size=SIZE, filters=(4, 8, 8), arch="sepres", dropout=0.0))
+    meta = ModelMetadata(name="pneumonia", version="2", class_names=["NORMAL", "PNEUMONIA"],
+                         preprocessing=PreprocessingSpec(input_size=SIZE))
+    path = tmp_path / "pneumonia" / "2" / "model.h5"
+    save_artifact(model, meta, path, include_optimizer=False)
+    loaded = load_artifact(path).model
+    x, _, _ = blob_images(4, np.random.default_rng(5))
+    explainer = GradCam(loaded, positive_index=1)
+    assert explainer.layer_name == "last_conv"
+    maps = explainer.maps(x)
+    assert maps.max() == 1.0  # not a trivially equal pair of all-zero maps
+    np.testing.assert_allclose(maps, GradCam(model, positive_index=1).maps(x), atol=1e-4)
