@@ -171,7 +171,7 @@ class AuditWriter:
         try:
             with self.engine.begin() as connection:
                 connection.execute(insert(AuditRecord), full_rows(batch))
-        except SQLAlchemyError as exc:
+        except Exception as exc:  # the thread must outlive any bad row
             if is_outage(exc):
                 self._set_state(False, exc)
                 return False
@@ -189,7 +189,7 @@ class AuditWriter:
                 with self.engine.begin() as connection:
                     connection.execute(insert(AuditRecord), full_rows([row]))
                 written += 1
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # a row that cannot be stored (data, not the store)
                 if is_outage(exc):
                     self._set_state(False, exc)
                     # keep the rest for a retry: settle only what was handled

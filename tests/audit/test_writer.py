@@ -143,3 +143,20 @@ def test_rows_with_fewer_columns_do_not_strip_the_next_rows_of_theirs(store_url:
         row = connection.execute(select(AuditRecord).where(AuditRecord.request_id == "second")).mappings().one()
     engine.dispose()
     assert row["model_sha256"] == "ab" * 32 and row["decision"] == "PNEUMONIA" and row["p_positive"] == 0.8
+
+
+def test_a_row_that_cannot_even_be_serialised_is_dropped_alone(store_url: str) -> None:
+    bad = answer("unserialisable", 0.5)
+    bad["probabilities"] = {"PNEUMONIA": object()}  # not JSON: fails before it reaches the store
+    writer = make_writer(store_url)
+    writer.start()
+    for row in (answer("a", 0.1), bad, answer("b", 0.9)):
+        writer.enqueue(row)
+    assert writer.flush(30)
+    assert writer._thread is not None and writer._thread.is_alive()  # the writer survived it
+    writer.close(timeout=10)
+    engine = store.make_engine(store.resolve_url(store_url, Path()))
+    with engine.connect() as connection:
+        assert set(connection.execute(select(AuditRecord.request_id)).scalars()) == {"a", "b"}
+    engine.dispose()
+    assert writer.dropped == {"rejected": 1}
