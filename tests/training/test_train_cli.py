@@ -50,3 +50,37 @@ def test_train_then_resume_carries_the_optimizer_state(mnist_npz, tmp_path, caps
     assert printed["confusion_matrix"] == exported.metrics["test"]["confusion_matrix"]
     assert printed["roc_auc"] == pytest.approx(exported.metrics["test"]["roc_auc"])
     assert (tmp_path / "eval" / "report.json").is_file()
+
+
+def test_v2_recipe_calibrates_on_validation_and_evaluate_reproduces_it(mnist_npz, tmp_path, capsys):
+    """The v2 recipe (separable residual net, cosine schedule, class weights) through the CLI: the stored
+    temperature was fitted on validation, the threshold is on the calibrated scale, and cxr-evaluate (which
+    applies the stored temperature) reproduces the recorded test figures."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    assert train_main(["--data", str(mnist_npz), "--out", str(run), "--store", str(store), "--epochs", "2",
+                       "--input-size", "28", "--arch", "sepres", "--filters", "4,8,8", "--limit", "60",
+                       "--batch-size", "16", "--balance", "class-weight", "--schedule", "cosine",
+                       "--warmup-epochs", "1", "--augment-scale", "1.5", "--target-sensitivity", "0.95",
+                       "--seed", "7", "--quiet"]) == 0
+    _, path = ModelRegistry(store).resolve("pneumonia")
+    loaded = load_artifact(path)
+    meta = loaded.metadata
+    report = json.loads((run / "report.json").read_text())
+    assert meta.temperature == pytest.approx(report["temperature"]) and meta.temperature > 0
+    assert meta.training["config"]["schedule"] == "cosine" and meta.training["config"]["split"] == "patient"
+    assert meta.decision_threshold == pytest.approx(meta.metrics["val"]["threshold"])
+    dist = meta.metrics["validation_distribution"]
+    assert len(dist["bin_edges"]) == 11 and sum(dist["counts"]) == meta.metrics["val"]["n"]
+    for split in ("val", "test"):
+        assert set(meta.metrics["calibration"][split]) == {"ece_before", "ece_after", "brier_before",
+                                                            "brier_after"}
+        assert report["splits"][split]["images"] == meta.metrics[split]["n"]
+    assert (path.parent / "reliability.png").is_file()
+    history = json.loads((run / "history.json").read_text())
+    assert history["learning_rate"][0] < history["learning_rate"][1]  # warm-up, then cosine decay
+
+    capsys.readouterr()
+    assert evaluate_main(["--model", str(path), "--data", str(mnist_npz), "--split", "test", "--limit", "60"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["confusion_matrix"] == meta.metrics["test"]["confusion_matrix"]
+    assert printed["roc_auc"] == pytest.approx(meta.metrics["test"]["roc_auc"])
