@@ -95,7 +95,7 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
     return convs[-1]
 
 
-def _head(model: Any, tensors: dict[str, Any]) -> tuple[Any, Any]:
+def _head(model: Any) -> tuple[Any, Any]:
     """(tensor to fetch, (function of it -> logits, activation) or None). The logits are rebuilt from the last
     Dense layer's input when it applies the softmax/sigmoid itself, or taken from a separate Softmax/Activation
     layer's input; otherwise the probabilities themselves are fetched."""
@@ -125,12 +125,11 @@ class GradCam:
         import tensorflow as tf
 
         self.layer = find_target_layer(model, layer)
-        tensors = graph_outputs(model)
-        features = tensors.get(self.layer.name)
+        features = graph_outputs(model).get(self.layer.name)
         if features is None or len(features.shape) != 4:
             raise ExplanationUnavailableError(f"layer {self.layer.name!r} has no spatial (4-D) output in the "
                                               "model's graph; Grad-CAM needs one")
-        fetch, head = _head(model, tensors)
+        fetch, head = _head(model)
         grad_model = keras.Model(inputs=model.inputs, outputs=[features, fetch])
         others = [i for i in range(int(model.outputs[0].shape[-1])) if i != positive_index]
 
