@@ -44,6 +44,8 @@ RUN groupadd --system --gid 10001 cxr \
     && install -d -o 10001 -g 10001 /models /runs
 COPY --from=builder /opt/venv /opt/venv
 COPY --chown=10001:10001 model_store/pneumonia /models/pneumonia
+# The input gate (is this a frontal chest radiograph?) is a model of the store too: serving needs both.
+COPY --chown=10001:10001 model_store/gate /models/gate
 COPY deploy/docker/healthcheck.py /opt/cxr-serve/healthcheck.py
 WORKDIR /opt/cxr-serve
 USER 10001:10001

@@ -45,3 +45,16 @@ def test_the_script_checks_what_the_compose_file_says():
     assert "IMAGE=cxr-serve:cpu" in script
     for flag in ("--read-only", "--tmpfs /tmp", "--cap-drop ALL", "no-new-privileges"):
         assert flag in script
+
+
+def test_the_image_bakes_in_every_model_the_default_settings_load():
+    # Found by running the image: a model the service loads by default but the image lacks keeps it unready.
+    from app.settings import Settings
+
+    runtime = next(stage for stage in dockerfile_stages() if stage["name"] == "runtime")
+    copies = [arguments for keyword, arguments in runtime["instructions"] if keyword == "COPY"]
+    names = {field.default for name, field in Settings.model_fields.items() if name.endswith("model_name")}
+    assert {"pneumonia", "gate"} <= names
+    for name in names:
+        assert any(c.endswith(f"model_store/{name} /models/{name}") for c in copies), f"{name} not in /models"
+        assert (REPO / "model_store" / name).is_dir()
