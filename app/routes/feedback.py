@@ -14,7 +14,7 @@ router = APIRouter(tags=["audit"])
 
 
 @router.post("/feedback", response_model=FeedbackResponse, status_code=201,
-             responses={status: {"model": ErrorResponse} for status in (401, 404, 422, 503)},
+             responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 422, 503)},
              summary="Record the confirmed label of an answer (history kept; the latest label counts)")
 async def feedback(request: Request, body: FeedbackRequest) -> dict[str, object]:
     audit = request.app.state.audit
