@@ -170,6 +170,22 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a positive integer or 'latest', got {value!r}")
         return str(int(str(value)))
 
+    @field_validator("audit_url")
+    @classmethod
+    def check_audit_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            backend = ""
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError("CXR_AUDIT_URL must be a postgresql://... or sqlite:///... URL")
+        return url
+
     @field_validator("api_keys")
     @classmethod
     def check_keys(cls, keys: list[str]) -> list[str]:
@@ -241,6 +257,8 @@ def explain(exc: ValidationError) -> str:
         info = Settings.model_fields.get(field)
         name = f"CXR_{field.upper()}" if field else "configuration"
         given = f"={error['input']!r}" if field and not isinstance(error.get("input"), dict) else ""
+        if field in ("audit_url", "audit_salt"):  # may hold a password or a secret: never echoed
+            given = ""
         hint = f"; expected {info.description}" if info is not None and info.description else ""
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{name}{given}: {message}{hint}")

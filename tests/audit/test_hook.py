@@ -72,3 +72,12 @@ def test_audit_off_records_nothing_and_refuses_feedback_and_monitoring(tmp_path)
 def test_salt_must_be_long_enough() -> None:
     with pytest.raises(ValueError, match="audit_salt"):
         Settings(audit_salt="short")
+
+
+def test_a_bad_store_url_is_refused_without_echoing_its_password() -> None:
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.load(audit_url="mysql://cxr:hunter2-secret@db/audit")
+    assert "CXR_AUDIT_URL" in str(refused.value) and "hunter2" not in str(refused.value)
+    assert Settings(audit_url="postgresql://cxr@db/audit").audit_url == "postgresql://cxr@db/audit"
