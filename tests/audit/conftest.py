@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,12 @@ def postgres() -> Iterator[Postgres]:
     bin_dir = find_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL binaries not found (apt-get install postgresql: initdb and pg_ctl)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as (PostgreSQL "
+                        "refuses root)")
     server = Postgres(bin_dir)
     try:
         server.init()
