@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from PIL import Image
 
 from app.errors import ServiceError
 from model_store.preprocessing import PreprocessingSpec, to_unit_float
+
+log = logging.getLogger("cxr.explain")
 
 METHOD = "grad-cam"
 GRID_SIZE = 14  # cells per side of the coarse grid sent to software (the map at model-input coordinates)
@@ -176,6 +179,14 @@ class GradCam:
                     function = self._concrete[size] = self._traced.get_concrete_function(spec)
         return function
 
+    def warm(self, size: int = 1) -> None:
+        """Trace and run the function for ``size`` once, so the first real explanation does not pay for it."""
+        if size not in self._concrete:
+            self.maps(np.zeros((size, *self._input_shape), dtype=np.float32))
+
+    def warmed(self, size: int = 1) -> bool:
+        return size in self._concrete
+
     def maps(self, batch: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
@@ -277,6 +288,20 @@ class ExplainerCache:
             explainer = GradCam(model, positive_index, self.layer)
             self._entries = [*self._entries[-1:], (owner, explainer)]
             return explainer
+
+    def ready_for(self, owner: object) -> bool:
+        """Whether ``owner``'s explainer exists and is traced for single images."""
+        return any(key is owner and explainer.warmed() for key, explainer in self._entries)
+
+    def prepare(self, serving: Any) -> None:
+        """Build and warm ``serving``'s explainer ahead of use (e.g. when someone opens the review page: tracing
+        the gradient function takes a second or two). A model that cannot be explained is left alone."""
+        try:
+            self.get(serving, serving.artifact.model, serving.metadata.positive_index).warm()
+        except ExplanationUnavailableError:
+            return
+        except Exception:  # nobody awaits this: say so in the log; the first explanation will retry and report
+            log.warning("warming the Grad-CAM function failed", exc_info=True)
 
     def explain(self, serving: Any, x: np.ndarray, image_shape: tuple[int, ...], max_side: int) -> Explanation:
         """One preprocessed input of ``serving`` (a ServingModel: always its Keras model, whatever runtime serves

@@ -8,6 +8,7 @@ keys are configured, like /predict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 from functools import cache
 from pathlib import Path
@@ -17,7 +18,8 @@ from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.dataplane import NOTICE
-from app.dependencies import DataPlaneDep, SettingsDep
+from app.dependencies import DataPlaneDep, ManagerDep, SettingsDep
+from app.errors import NotReadyError
 from app.explain import preview_png
 from app.routes.predict import ERRORS, read_upload
 from app.settings import Settings
@@ -56,7 +58,10 @@ async def root() -> RedirectResponse:
 
 
 @router.get("/ui", include_in_schema=False)
-async def page() -> HTMLResponse:
+async def page(dataplane: DataPlaneDep, manager: ManagerDep) -> HTMLResponse:
+    # someone is about to ask for heatmaps: trace the gradient function now, in a decode thread, not in their wait
+    with contextlib.suppress(NotReadyError):  # not loaded yet: the first explanation traces it
+        asyncio.get_running_loop().run_in_executor(dataplane.pool, dataplane.explainers.prepare, manager.current)
     return HTMLResponse(_page(), headers=SECURITY_HEADERS)
 
 

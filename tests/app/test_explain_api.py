@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def no_conv_keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]
 
 def upload(path: Path) -> dict[str, tuple[str, bytes]]:
     return {"file": (path.name, path.read_bytes())}
+
+
+def test_opening_the_review_page_traces_the_gradient_function_ahead_of_the_first_explanation(explaining):
+    # first in this file: the module's server has not explained anything yet
+    dataplane, current = explaining.app.state.dataplane, explaining.app.state.manager.current
+    assert not dataplane.explainers.ready_for(current)
+    assert explaining.client.get("/ui").status_code == 200
+    deadline = time.monotonic() + 60
+    while not dataplane.explainers.ready_for(current):
+        assert time.monotonic() < deadline, "the explainer was not warmed within 60 s of opening the page"
+        time.sleep(0.1)
 
 
 def test_explain_true_adds_a_grid_and_an_overlay_on_the_upload_geometry(explaining, reference, fullres_images):
