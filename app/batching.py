@@ -90,7 +90,7 @@ class BatchObserver:
 class DynamicBatcher:
     def __init__(self, predict: PredictFn, *, max_batch_size: int, max_delay_s: float, queue_limit: int,
                  input_shape: tuple[int, ...] | None = None, observer: BatchObserver | None = None,
-                 name: str = "batcher") -> None:
+                 name: str = "batcher", pad: bool = True) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         # a plain attribute, read once per batch: tests and fault injection may wrap it
@@ -101,6 +101,8 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.queue_limit = queue_limit
         self.buckets = bucket_sizes(max_batch_size)
+        # pad to a bucket (a compiled function per size); False for runtimes that take any size
+        self.pad = pad
         self.observer = observer or BatchObserver()
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending = 0  # items accepted and not yet taken into a batch
@@ -242,7 +244,7 @@ class DynamicBatcher:
         n = len(batch)
         try:
             x = np.stack([item.x for item in batch])
-            padded = bucket_for(n, self.buckets)
+            padded = bucket_for(n, self.buckets) if self.pad else n
             if padded > n:
                 x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
             output = np.asarray(self.predict(x))

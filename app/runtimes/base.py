@@ -25,6 +25,8 @@ class Runtime(ABC):
     name: ClassVar[str]
     #: what it is, for /models and the docs
     description: ClassVar[str] = ""
+    #: compiled for the bucket sizes only (the batcher pads to them); False: any size up to the largest
+    needs_padding: ClassVar[bool] = True
 
     def __init__(self, input_shape: tuple[int, ...], buckets: list[int]) -> None:
         self.input_shape = tuple(input_shape)
@@ -61,7 +63,7 @@ class Runtime(ABC):
         largest = self.buckets[-1]
         for start in range(0, len(x), largest):
             chunk = np.asarray(x[start : start + largest], dtype=np.float32)
-            size = next(b for b in self.buckets if b >= len(chunk))
+            size = next(b for b in self.buckets if b >= len(chunk)) if self.needs_padding else len(chunk)
             padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
             outputs.append(np.asarray(self.predict(padded))[: len(chunk)])
         return np.concatenate(outputs)

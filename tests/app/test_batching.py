@@ -221,6 +221,25 @@ def test_a_withdrawn_announcement_wakes_the_waiting_worker():
     batcher.stop()
 
 
+def test_runtimes_that_take_any_size_get_unpadded_batches():
+    model = Model()
+    model.gate.clear()  # hold the first batch so the next five queue up together
+    batcher = make(model, pad=False)
+
+    async def main() -> list[float]:
+        first = asyncio.ensure_future(batcher.submit(item(0)))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.submit(item(v))) for v in (1, 2, 3, 4, 5)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *rest)
+        return [float(r.output[0]) for r in results]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
+    assert model.sizes() == [1, 5]  # 5, not padded to the bucket of 8
+    batcher.stop()
+
+
 def test_a_failing_batch_fails_only_its_own_requests():
     model = Model(fail_if=lambda batch: bool((batch == -1).any()))
     model.gate.clear()
