@@ -18,7 +18,7 @@ from app.audit.ticket import Ticket
 from app.batching import BatchResult
 from app.errors import InvalidInputError, NotAChestXrayError, NotReadyError
 from app.explain import ExplainerCache, Explanation
-from app.gate import REFUSAL_SENTENCE, GateResult
+from app.gate import GateResult
 from app.metrics import Metrics
 from app.model_manager import ModelManager, ServingModel
 from app.settings import Settings
@@ -114,16 +114,17 @@ class DataPlane:
         spec = model.metadata.preprocessing
         gate = self.manager.gate
         try:
-            warnings = gate.check_header(data, sniff_format(data))  # DICOM header rules: before any pixel
+            fmt = sniff_format(data)
+            warnings = gate.check_header(data, fmt)  # DICOM header rules: before any pixel is decoded
             image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
             check_shape(image, self.settings.min_image_side, self.settings.max_aspect_ratio)
-            verdict = gate.check_pixels(image)
+            verdict, flagged = gate.check_image(image, data, fmt)
         except NotAChestXrayError as refusal:
             self.metrics.gate_refusals.labels(refusal.rule).inc()
             raise
-        if verdict is not None and not verdict.passed:
+        if flagged:
             self.metrics.gate_flags.inc()
-            warnings.append(f"flagged by the input gate: {REFUSAL_SENTENCE} (gate score {verdict.score:.3f})")
+            warnings += flagged
         x = preprocess(image, spec)
         return Prepared(x, time.perf_counter() - started, verdict, warnings, image.shape[:2])
 

@@ -1,7 +1,8 @@
 """The input gate: refuse what is not a frontal chest radiograph before the classifier ever sees it.
 
-Cheapest first: DICOM header rules (no pixels decoded), then a small gate model that scores the *grey*
-image (binarization would throw away what tells a fundus photo from a radiograph). The gate model is an
+Cheapest first: DICOM header rules (no pixels decoded), a colour check (radiographs are grey), then a small
+gate model that scores the *grey* image (binarization would throw away what tells a fundus photo from a
+radiograph). The gate model is an
 artifact like the classifier (``<store>/gate/<version>/model.h5``, same loader rules, its own preprocessing
 spec and threshold), so it is trained, versioned and verified the same way.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from app.errors import NotAChestXrayError
 from app.settings import Settings
@@ -31,6 +33,7 @@ HEADER_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PatientAge")
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
 RADIOGRAPHY = frozenset({"CR", "DX"})
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,25 @@ def check_header(ds: Any, rules: frozenset[str]) -> list[str]:
     return [ADULT_WARNING] if _age_years(_text(ds, "PatientAge")) > 17 else []
 
 
+def colourfulness(data: bytes, fmt: str | None) -> float:
+    """How colourful an (already decoded, so size-checked) upload is: the spread plus a share of the mean of
+    the opponent colour channels (Hasler & Suesstrunk 2003) on a thumbnail, 0 for grey images. Radiographs are
+    grey by physics, even when stored as RGB; fundus, skin, endoscopy and stained slides are not. DICOM is left
+    to its header rules (Modality)."""
+    if fmt is None or fmt == "DICOM":
+        return 0.0
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode in _GREY_MODES:
+            return 0.0
+        image.draft("RGB", (128, 128))  # JPEG: decoded at 1/8 scale in the DCT domain, so this stays cheap
+        rgb = image.convert("RGB")
+        rgb.thumbnail((64, 64))
+        a = np.asarray(rgb, dtype=np.float32) / 255.0
+    rg = a[..., 0] - a[..., 1]
+    yb = 0.5 * (a[..., 0] + a[..., 1]) - a[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
 def _age_years(age: str | None) -> float:
     """DICOM AS ('034Y', '006M', ...) in years; 0 when absent or malformed (no warning then)."""
     match = _AGE.match(age or "")
@@ -125,12 +147,14 @@ class GateModel:
 class InputGate:
     """Header rules + gate model, as configured by ``CXR_GATE`` (refuse | flag | off)."""
 
-    def __init__(self, mode: str, rules: frozenset[str], model: GateModel | None) -> None:
+    def __init__(self, mode: str, rules: frozenset[str], model: GateModel | None,
+                 max_colourfulness: float = 1.0) -> None:
         if mode != "off" and model is None:
             raise ValueError("the gate model is required unless CXR_GATE=off")
         self.mode = mode
         self.rules = rules if mode != "off" else frozenset()
         self.model = model if mode != "off" else None
+        self.max_colourfulness = max_colourfulness
 
     def check_header(self, data: bytes, fmt: str | None) -> list[str]:
         """Header rules on DICOM bytes (warnings to add to the result); nothing to check for other formats."""
@@ -148,21 +172,34 @@ class InputGate:
                 return [f"flagged by the input gate: {REFUSAL_SENTENCE} (DICOM header)"]
             raise
 
-    def check_pixels(self, image: np.ndarray) -> GateResult | None:
+    def check_image(self, image: np.ndarray, data: bytes, fmt: str | None) -> tuple[GateResult | None, list[str]]:
+        """The decoded image: colour check, then the gate model. Returns the verdict and, in flag mode, the
+        warnings for what would have been refused."""
         if self.model is None:
-            return None
+            return None, []
+        flagged = []
+        colour = colourfulness(data, fmt) if self.max_colourfulness < 1.0 else 0.0
+        if colour > self.max_colourfulness:
+            message = (f"{REFUSAL_SENTENCE}: it is a colour image (colourfulness {colour:.2f}, limit "
+                       f"{self.max_colourfulness:.2f}); radiographs are grey")
+            if self.mode != "flag":
+                raise NotAChestXrayError(message, rule="colour", details={"colourfulness": round(colour, 4),
+                                                                           "limit": self.max_colourfulness})
+            flagged.append(f"flagged by the input gate: {message}")
         score = self.model.score(image)
         threshold = self.model.threshold
-        if score >= threshold:
-            return GateResult(score, threshold, self.model.describe(), passed=True)
-        if self.mode == "flag":
-            return GateResult(score, threshold, self.model.describe(), passed=False)
-        raise NotAChestXrayError(f"{REFUSAL_SENTENCE} (gate score {score:.3f}, threshold {threshold:.3f}); "
-                                 "send a frontal (PA or AP) chest X-ray", rule="gate_model",
-                                 details={"score": round(score, 6), "threshold": threshold})
+        passed = score >= threshold
+        if not passed and self.mode != "flag":
+            raise NotAChestXrayError(f"{REFUSAL_SENTENCE} (gate score {score:.3f}, threshold {threshold:.3f}); "
+                                     "send a frontal (PA or AP) chest X-ray", rule="gate_model",
+                                     details={"score": round(score, 6), "threshold": threshold})
+        if not passed:
+            flagged.append(f"flagged by the input gate: {REFUSAL_SENTENCE} (gate score {score:.3f})")
+        return GateResult(score, threshold, self.model.describe(), passed=passed and not flagged), flagged
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": self.mode, "header_rules": sorted(self.rules)}
+        out: dict[str, Any] = {"mode": self.mode, "header_rules": sorted(self.rules),
+                               "max_colourfulness": self.max_colourfulness}
         if self.model is not None:
             meta = self.model.artifact.metadata
             out.update(model=self.model.describe(), threshold=self.model.threshold,
@@ -179,4 +216,4 @@ def load_gate(settings: Settings, registry: ModelRegistry) -> InputGate:
     model = GateModel(load_artifact(path), number)
     log.info("input gate %s: model %s v%d (threshold %.4f), header rules %s", settings.gate,
              settings.gate_model_name, number, model.threshold, sorted(rules) or "none")
-    return InputGate(settings.gate, rules, model)
+    return InputGate(settings.gate, rules, model, settings.gate_max_colourfulness)

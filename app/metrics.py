@@ -24,7 +24,7 @@ class Metrics:
         self.queue_depth = Gauge("cxr_queue_depth", "Images waiting for a batch", registry=r)
         self.predictions = Counter("cxr_predictions", "Predictions by class", ["model", "prediction"], registry=r)
         self.gate_refusals = Counter("cxr_gate_refusals", "Images refused by the input gate, by reason (modality, "
-                                     "body_part, view_position, gate_model)", ["reason"], registry=r)
+                                     "body_part, view_position, colour, gate_model)", ["reason"], registry=r)
         self.gate_flags = Counter("cxr_gate_flags", "Images the gate would refuse, answered and flagged "
                                   "(CXR_GATE=flag)", registry=r)
         self.errors = Counter("cxr_errors", "Errors answered, by code", ["code"], registry=r)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     gate_model_name: str = Field("gate", min_length=1, description="gate model folder name in the store, e.g. gate")
     gate_model_version: str | None = Field(None, description="gate model version, a positive integer, e.g. 1; "
                                            "unset or 'latest' = newest")
+    gate_max_colourfulness: float = Field(0.08, gt=0, le=1.0, description="colour images above this "
+                                          "colourfulness (0-1; grey = 0, fundus photos 0.18-0.6) are refused, "
+                                          "e.g. 0.08; 1 = no colour check")
     gate_header_rules: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["modality", "body_part", "view_position"],
         description="comma-separated DICOM header rules to enforce, any of modality (CR/DX only), body_part "

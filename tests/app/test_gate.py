@@ -17,9 +17,10 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from app.errors import NotAChestXrayError
-from app.gate import ADULT_WARNING, check_header
+from app.gate import ADULT_WARNING, check_header, colourfulness
 from app.main import create_app
 from app.settings import Settings, SettingsError
+from model_store.imaging import sniff_format
 
 ALL_RULES = frozenset({"modality", "body_part", "view_position"})
 
@@ -133,15 +134,33 @@ def test_success_carries_the_gate_verdict(server, chest):
     assert body["warnings"] == []
 
 
-def test_blank_page_and_fundus_are_refused_on_predict(server, fundus):
-    for data in (blank_page(), fundus):
-        response = server.client.post("/predict", files={"file": ("x.png", data)})
-        assert response.status_code == 422, response.text
-        body = response.json()
-        assert_refusal(body, rule_text="gate score")
-        details = body["error"]["details"]
-        assert 0.0 <= details["score"] < details["threshold"]
+def test_blank_page_is_refused_by_the_gate_model(server):
+    response = server.client.post("/predict", files={"file": ("x.png", blank_page())})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert_refusal(body, rule_text="gate score")
+    details = body["error"]["details"]
+    assert 0.0 <= details["score"] < details["threshold"]
     assert server.client.get("/health/ready").status_code == 200
+
+
+def test_colour_fundus_photo_is_refused_as_colour(server, fundus):
+    response = server.client.post("/predict", files={"file": ("x.png", fundus)})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert_refusal(body, rule_text="it is a colour image")
+    assert body["error"]["details"]["colourfulness"] > body["error"]["details"]["limit"]
+
+
+def test_colourfulness_is_zero_for_grey_pictures_in_any_container(chest):
+    for data in (encode(chest, "PNG"), encode(chest, "PNG", mode="RGB"), encode(chest, "JPEG", mode="RGB"),
+                 encode(chest, "PNG", mode="P")):
+        assert colourfulness(data, sniff_format(data)) < 0.01
+    tinted = np.stack([chest, (chest * 0.6).astype(np.uint8), (chest * 0.3).astype(np.uint8)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(tinted).save(buffer, format="PNG")
+    assert colourfulness(buffer.getvalue(), "PNG") > 0.08
+    assert colourfulness(make_dicom(chest), "DICOM") == 0.0
 
 
 def test_dicom_header_refusal_on_predict(server, chest):
@@ -194,13 +213,15 @@ def test_v2_bytes_input_is_gated(server, chest):
     assert "does not look like a frontal chest radiograph" in refused.text
 
 
-def test_refusals_are_counted_by_reason(server, chest):
+def test_refusals_are_counted_by_reason(server, chest, fundus):
     server.client.post("/predict", files={"file": ("x.png", blank_page())})
     server.client.post("/predict", files={"file": ("ct.dcm", with_tags(make_dicom(chest), Modality="CT"))})
+    server.client.post("/predict", files={"file": ("f.png", fundus)})
     text = server.client.get("/metrics").text
     counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
               for line in text.splitlines() if line.startswith("cxr_gate_refusals_total{")}
     assert counts['reason="gate_model"'] >= 1 and counts['reason="modality"'] >= 1
+    assert counts['reason="colour"'] >= 1
 
 
 def test_models_shows_the_gate_and_its_validation(server):

@@ -1,4 +1,4 @@
-"""The shipped gate model on real images, through the serving path (decode -> gate model): chest films of
+"""The shipped gate on real images, through the serving path (decode -> colour check -> gate model): chest films of
 children and adults pass, what is not a chest film is refused, full-resolution uploads are never refused.
 
 The gate was trained on gate/ and on chest_xray_224/train/, so on those sets this is a check of the shipped
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import REPO_ROOT, require_data
 
-from app.gate import GateModel
+from app.errors import NotAChestXrayError
+from app.gate import GateModel, InputGate
+from app.settings import Settings
 from model_store.artifact import load_artifact
-from model_store.imaging import decode
+from model_store.imaging import decode, sniff_format
 from model_store.registry import ModelRegistry
 
 
@@ -29,8 +30,16 @@ def gate() -> GateModel:
 
 
 def refused_share(gate: GateModel, paths: list[Path]) -> float:
-    scores = np.array([gate.score(decode(p.read_bytes(), max_pixels=50_000_000)) for p in paths])
-    return float((scores < gate.threshold).mean())
+    """Share refused by the gate as served with default settings (colour check and gate model)."""
+    served = InputGate("refuse", frozenset(), gate, Settings().gate_max_colourfulness)
+    refused = 0
+    for path in paths:
+        data = path.read_bytes()
+        try:
+            served.check_image(decode(data, max_pixels=50_000_000), data, sniff_format(data))
+        except NotAChestXrayError:
+            refused += 1
+    return refused / len(paths)
 
 
 def images(folder: Path) -> list[Path]:
