@@ -34,7 +34,7 @@ SOURCE_OF_PREFIX = {
     # adult frontal chest radiographs
     "openist": "openist", "figure1": "figure1", "nih64": "nih", "nih": "nih",
 }
-SYNTHETIC_KINDS = ("blank", "noise", "gradient", "text", "corner_crop", "inverted_cxr", "blobs", "texture")
+SYNTHETIC_KINDS = ("blank", "noise", "gradient", "text", "corner_crop", "inverted_cxr")
 
 
 @dataclass
@@ -109,9 +109,7 @@ def load_kermany_positives(train_root: str | os.PathLike[str], spec: Preprocessi
 
 def synthetic_negatives(count_per_kind: int, radiographs: np.ndarray, size: int, seed: int) -> GateSet:
     """Things a careless or hostile client sends that are no radiograph: blank pages, noise, gradients, text,
-    a corner of a radiograph blown up, a radiograph with its grey scale inverted; and two open-ended families
-    that stand in for kinds we have no examples of: blobs (cells, spots, round objects) and smooth textures
-    (tissue, surfaces), at random scales and contrasts."""
+    a corner of a radiograph blown up, and a radiograph with its grey scale inverted."""
     rng = np.random.default_rng(seed)
     images: list[np.ndarray] = []
     kinds: list[str] = []
@@ -140,38 +138,13 @@ def synthetic_negatives(count_per_kind: int, radiographs: np.ndarray, size: int,
                 left = 0 if rng.uniform() < 0.5 else size - side
                 crop = source[top:top + side, left:left + side]
                 img = np.asarray(Image.fromarray(crop, mode="F").resize((size, size), Image.Resampling.BILINEAR))
-            elif kind == "inverted_cxr":
+            else:  # inverted_cxr
                 img = 1.0 - radiographs[rng.integers(len(radiographs)), ..., 0]
-            elif kind == "blobs":
-                img = _blobs(rng, size, xx, yy)
-            else:  # texture
-                img = _texture(rng, size)
             images.append(np.clip(img, 0, 1).astype(np.float32))
             kinds.append(kind)
     x = np.stack(images)[..., None]
     n = len(kinds)
     return GateSet(x, np.full(n, REFUSE), np.array(kinds), np.array([f"synthetic_{k}" for k in kinds]))
-
-
-def _blobs(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
-    background, ink = rng.uniform(0, 1, 2)
-    img = np.full((size, size), background, np.float32)
-    radius = rng.uniform(0.03, 0.15)
-    for _ in range(int(rng.integers(3, 40))):
-        cy, cx = rng.uniform(0, 1, 2)
-        ry, rx = radius * rng.uniform(0.6, 1.4, 2)
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        img[inside] = np.clip(ink + rng.normal(0, 0.08), 0, 1)
-    return img + rng.normal(0, rng.uniform(0, 0.05), img.shape).astype(np.float32)
-
-
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Noise low-pass filtered at a random scale: smooth, structured, but no anatomy."""
-    cells = int(rng.integers(3, max(4, size // 3)))
-    coarse = rng.uniform(size=(cells, cells)).astype(np.float32)
-    img = np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC))
-    img = img + rng.normal(0, rng.uniform(0, 0.1), img.shape).astype(np.float32)
-    return (img - img.min()) / max(float(np.ptp(img)), 1e-6)
 
 
 def _text_page(rng: np.random.Generator, size: int) -> np.ndarray:
