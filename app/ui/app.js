@@ -209,6 +209,17 @@
   });
   opacity.addEventListener("input", applyOpacity);
 
+  // Fit the image to the panel (small uploads scaled up, tall ones kept within the window); the overlay follows.
+  function fitImage() {
+    const image = $("image");
+    if (!image.naturalWidth) { return; }
+    const aspect = image.naturalWidth / image.naturalHeight;
+    const width = Math.min(image.closest("figure").clientWidth, 0.75 * window.innerHeight * aspect);
+    image.style.width = Math.floor(width) + "px";
+  }
+  $("image").addEventListener("load", fitImage);
+  window.addEventListener("resize", fitImage);
+
   for (const name of ["dragenter", "dragover"]) {
     dropZone.addEventListener(name, (event) => {
       event.preventDefault();
