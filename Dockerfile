@@ -33,15 +33,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     CXR_PORT=8000 \
     CXR_WORKERS=1 \
     CXR_MODEL_STORE=/models \
+    CXR_AUDIT_PATH=/var/lib/cxr-serve/audit.db \
     KERAS_HOME=/tmp/keras \
     MPLCONFIGDIR=/tmp/matplotlib \
     TF_CPP_MIN_LOG_LEVEL=1
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it without a runAsUser. The user owns the model
-# store and /runs (the compose train service's checkpoints), so volumes seeded from them are writable by it.
+# store, /runs (the compose train service's checkpoints) and /var/lib/cxr-serve (the SQLite audit trail, a
+# volume where the root filesystem is read-only), so volumes seeded from them are writable by it.
 RUN groupadd --system --gid 10001 cxr \
     && useradd --system --uid 10001 --gid cxr --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin cxr \
-    && install -d -o 10001 -g 10001 /models /runs
+    && install -d -o 10001 -g 10001 /models /runs /var/lib/cxr-serve
 COPY --from=builder /opt/venv /opt/venv
 COPY --chown=10001:10001 model_store/pneumonia /models/pneumonia
 # The input gate (is this a frontal chest radiograph?) is a model of the store too: serving needs both.

@@ -302,7 +302,7 @@ t=$SECONDS
 # environment), but on the host's network and a free loopback port.
 "$DOCKER" run -d --name "$RUN_NAME" --network host --read-only --tmpfs /tmp --cap-drop ALL \
     --security-opt no-new-privileges:true --memory 2g --cpus 2 \
-    -v cxr-image-check-models:/models:ro \
+    -v cxr-image-check-models:/models:ro -v cxr-image-check-audit:/var/lib/cxr-serve \
     -e CXR_HOST=127.0.0.1 -e CXR_PORT="$PORT" -e CXR_MODEL_STORE=/models -e CXR_MODEL_NAME=pneumonia \
     -e CXR_LOG_FORMAT=json -e CXR_WORKERS=1 -e CXR_GRACEFUL_TIMEOUT=20 -e CXR_DEVICE=cpu \
     -e CXR_MAX_BATCH_SIZE=16 -e TF_NUM_INTRAOP_THREADS=2 -e TF_NUM_INTEROP_THREADS=1 \

@@ -129,9 +129,14 @@ def _settings(env: dict[str, str], store: Path, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.fixture
 def image_store(tmp_path: Path) -> Path:
-    """A folder laid out as the image's /models: the baked-in model store."""
+    """A folder laid out as the image's /models: every model folder the Dockerfile bakes in."""
     store = tmp_path / "models"
-    shutil.copytree(REPO / "model_store" / "pneumonia", store / "pneumonia")
+    runtime = next(stage for stage in dockerfile_stages() if stage["name"] == "runtime")
+    for keyword, arguments in runtime["instructions"]:
+        source, target = arguments.split()[-2:] if keyword == "COPY" else ("", "")
+        if source.startswith("model_store/") and target.startswith(f"{IMAGE_STORE}/"):
+            shutil.copytree(REPO / source, store / target.removeprefix(f"{IMAGE_STORE}/"))
+    assert (store / "pneumonia").is_dir()
     return store
 
 
@@ -209,6 +214,8 @@ def test_serves_like_the_image_and_stops_cleanly_on_sigterm(image_store, tmp_pat
     env |= {"CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": str(image_store),
             "KERAS_HOME": str(tmp_path / "keras"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
             "CXR_GRACEFUL_TIMEOUT": "10", "CXR_API_KEYS": LONG_KEY,
+            # The image's audit volume (CXR_AUDIT_PATH=/var/lib/cxr-serve/...), here a folder of the test.
+            "CXR_AUDIT_PATH": str(tmp_path / "audit" / "audit.db"),
             # The image's user has no home (useradd --home-dir /nonexistent): nothing may need one.
             "HOME": "/nonexistent"}
     log = (tmp_path / "server.log").open("w+")
