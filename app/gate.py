@@ -207,11 +207,12 @@ class InputGate:
         return out
 
 
-def load_gate(settings: Settings, registry: ModelRegistry) -> InputGate:
+def load_gate(settings: Settings) -> InputGate:
     rules = frozenset(settings.gate_header_rules)
     if settings.gate == "off":
         log.warning("input gate is OFF (CXR_GATE=off): every decodable image gets an answer")
         return InputGate("off", rules, None)
+    registry = ModelRegistry(settings.gate_model_store)
     number, path = registry.resolve(settings.gate_model_name, settings.gate_model_version)
     model = GateModel(load_artifact(path), number)
     log.info("input gate %s: model %s v%d (threshold %.4f), header rules %s", settings.gate,

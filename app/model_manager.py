@@ -147,7 +147,7 @@ class ModelManager:
 
     def load_initial(self) -> None:
         self.gpu = configure_device(self.settings.device)
-        self.gate = load_gate(self.settings, self.registry)
+        self.gate = load_gate(self.settings)
         self._activate(self.build(self.settings.model_version))
 
     def load_initial_logged(self) -> None:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     gate: Literal["refuse", "flag", "off"] = Field("refuse", description="input gate: refuse (422 "
                                                   "not_a_chest_xray for what is not a frontal chest radiograph), "
                                                   "flag (answer but mark the result), or off")
+    gate_model_store: Path = Field(DEFAULT_STORE, description="folder holding <gate name>/<version>/model.h5, e.g. "
+                                   "/models; default: the model_store/ package folder (the shipped gate), so a "
+                                   "site's own classifier store needs no copy of it")
     gate_model_name: str = Field("gate", min_length=1, description="gate model folder name in the store, e.g. gate")
     gate_model_version: str | None = Field(None, description="gate model version, a positive integer, e.g. 1; "
                                            "unset or 'latest' = newest")

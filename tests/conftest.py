@@ -38,6 +38,12 @@ def fullres_dir() -> Path:
     return require_data("fullres_samples")
 
 
+@pytest.fixture(scope="session")
+def gate_dir() -> Path:
+    """Images that are not frontal chest radiographs (``not_cxr/<kind>/``) and adult chest films."""
+    return require_data("gate")
+
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/image_factory.py (importlib mode)
 
 def _latest_shipped() -> Path:

@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 from app_harness import started
-from conftest import require_data
 from image_factory import encode, make_dicom, real_xray
 from PIL import Image
 from pydicom.dataset import Dataset
@@ -57,9 +56,8 @@ def chest(fullres_images) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def fundus() -> bytes:
-    folder = require_data("gate/not_cxr/fundus")
-    return sorted(folder.glob("*.png"))[0].read_bytes()
+def fundus(gate_dir) -> bytes:
+    return sorted((gate_dir / "not_cxr" / "fundus").glob("*.png"))[0].read_bytes()
 
 
 # -- header rules (no model) -------------------------------------------------------------------------------

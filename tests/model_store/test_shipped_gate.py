@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, require_data
 
 from app.errors import NotAChestXrayError
 from app.gate import GateModel, InputGate
@@ -22,7 +21,7 @@ from model_store.registry import ModelRegistry
 
 @pytest.fixture(scope="module")
 def gate() -> GateModel:
-    registry = ModelRegistry(REPO_ROOT / "model_store")
+    registry = ModelRegistry(Path(__file__).resolve().parents[2] / "model_store")
     if not registry.versions("gate"):
         pytest.skip("no shipped gate model (train it: make train-gate)")
     number, path = registry.resolve("gate")
@@ -54,8 +53,8 @@ def test_validation_figures_are_stored_and_meet_the_targets(gate):
     assert "whole sources held out" in validation["method"]
 
 
-def test_pediatric_test_split_is_accepted_as_validation_promised(gate):
-    paths = images(require_data("chest_xray_224/test"))
+def test_pediatric_test_split_is_accepted_as_validation_promised(gate, xray_224_dir):
+    paths = images(xray_224_dir / "test")
     assert len(paths) >= 300
     promised = gate.artifact.metadata.metrics["validation"]["pediatric_refused_rate"]
     assert refused_share(gate, paths) <= max(promised, 0.01) + 0.01  # 312 films: one film is 0.3%
@@ -66,8 +65,8 @@ def test_full_resolution_uploads_are_never_refused(gate, fullres_images):
     assert refused_share(gate, fullres_images) == 0.0
 
 
-def test_not_chest_images_are_refused_and_adult_films_accepted(gate):
-    root = require_data("gate")
+def test_not_chest_images_are_refused_and_adult_films_accepted(gate, gate_dir):
+    root = gate_dir
     for kind in sorted(p for p in (root / "not_cxr").iterdir() if p.is_dir()):
         assert refused_share(gate, images(kind)) >= 0.8, kind.name
     assert refused_share(gate, images(root / "not_cxr")) >= 0.95

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require_data
 
 from model_store.artifact import load_artifact
 from model_store.preprocessing import preprocess
@@ -70,10 +69,8 @@ def test_synthetic_negatives_are_valid_images():
 
 
 @pytest.mark.slow
-def test_tiny_gate_training_run_exports_a_loadable_artifact(tmp_path):
-    require_data("gate/not_cxr")
-    require_data("chest_xray_224/train")
-    data_root = require_data("gate").parent
+def test_tiny_gate_training_run_exports_a_loadable_artifact(tmp_path, gate_dir, xray_224_dir):
+    data_root = gate_dir.parent
     store = tmp_path / "store"
     assert main(["--data", str(data_root), "--out", str(tmp_path / "run"), "--input-size", "32",
                  "--pediatric", "80", "--synthetic", "3", "--epochs", "1", "--folds", "2", "--store", str(store),
