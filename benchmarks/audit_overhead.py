@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -21,17 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import make_upload, pick_uploads, run_wrk
-from benchmarks.servers import REPO, Server, free_ports, http_get, tree_cpu_seconds
-
-
-def start(name: str, port: int, env: dict[str, str], workdir: Path) -> Server:
-    python = Path(sys.executable)
-    serve = python.with_name("cxr-serve")
-    argv = [str(serve)] if serve.exists() else [str(python), "-m", "app.cli"]
-    server = Server(name, argv, env, port, "/health/ready", workdir / f"{name}.log", batch_stats="metrics")
-    server.start()
-    return server
+from benchmarks.ab import alternate, start, wait_ready
+from benchmarks.loadgen import make_upload, pick_uploads
+from benchmarks.servers import REPO, Server, free_ports, http_get
 
 
 def written(server: Server) -> dict[str, float]:
@@ -109,43 +100,13 @@ def main() -> int:
     servers = {"audit on": start("audit-on", port_on, on_env, workdir),
                "audit off": start("audit-off", port_off, {**base, "CXR_PORT": str(port_off),
                                                           "CXR_AUDIT_ENABLED": "false"}, workdir)}
-    results: dict[str, list[float]] = {name: [] for name in servers}
-    cpu_ms: dict[str, list[float]] = {name: [] for name in servers}  # the server's CPU per answer: less noisy
     try:
-        deadline = time.monotonic() + 300
-        while not all(s.poll_ready() for s in servers.values()):
-            if time.monotonic() > deadline:
-                sys.exit("servers not ready after 300 s")
-            time.sleep(0.5)
+        wait_ready(servers)
         before = written(servers["audit on"])
         print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
               f"{args.rounds} rounds, store {args.audit_url or 'SQLite (default)'}")
-        for round_no in range(args.rounds):
-            order = list(servers) if round_no % 2 == 0 else list(reversed(servers))  # ABBA: drifts cancel
-            for name in order:
-                server = servers[name]
-                other = next(s for n, s in servers.items() if n != name)
-                other.signal(signal.SIGSTOP)
-                try:
-                    url = server.url("/predict")
-                    run_wrk(url, upload, connections=args.connections, seconds=args.warmup, threads=1,
-                            workdir=workdir)
-                    time.sleep(0.3)
-                    assert server.proc is not None
-                    cpu_before = tree_cpu_seconds(server.proc.pid)
-                    load = run_wrk(url, upload, connections=args.connections, seconds=args.duration, threads=1,
-                                   workdir=workdir)
-                    time.sleep(0.3)  # the last batch (and, audit on, the writer's last insert) is counted too
-                    cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
-                finally:
-                    other.signal(signal.SIGCONT)
-                ok = sum(n for status, n in load["statuses"].items() if str(status).startswith("2"))
-                bad = {k: v for k, v in load["statuses"].items() if not str(k).startswith("2")}
-                rate = ok / (load["duration_us"] / 1e6)
-                results[name].append(rate)
-                cpu_ms[name].append(1000 * cpu / max(ok, 1))
-                print(f"  round {round_no + 1} {name:9s} {rate:8.1f} req/s {cpu_ms[name][-1]:7.2f} CPU-ms/request"
-                      + (f"  non-2xx {bad}" if bad else ""))
+        results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
+                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir)
         time.sleep(1.5)  # the writer's last batch
         after = written(servers["audit on"])
         on, off = statistics.median(results["audit on"]), statistics.median(results["audit off"])

@@ -1,0 +1,67 @@
+"""Two cxr-serve configurations against each other in one run (the A/B loop the overhead benchmarks share).
+
+The servers take turns under the same wrk load (the idle one frozen with SIGSTOP), in ABBA order over several
+rounds so slow drifts of a shared machine cancel; each turn records req/s and the server's CPU per answer
+(steadier than req/s on a busy machine).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import run_wrk
+from benchmarks.servers import Server, tree_cpu_seconds
+
+
+def start(name: str, port: int, env: dict[str, str], workdir: Path) -> Server:
+    python = Path(sys.executable)
+    serve = python.with_name("cxr-serve")
+    argv = [str(serve)] if serve.exists() else [str(python), "-m", "app.cli"]
+    server = Server(name, argv, env, port, "/health/ready", workdir / f"{name}.log", batch_stats="metrics")
+    server.start()
+    return server
+
+
+def wait_ready(servers: dict[str, Server], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(s.poll_ready() for s in servers.values()):
+        if time.monotonic() > deadline:
+            sys.exit(f"servers not ready after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def alternate(servers: dict[str, Server], upload: Any, *, connections: int, duration: int, warmup: int,
+              rounds: int, workdir: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """req/s and server CPU-ms per answer of each server, one entry per round."""
+    results: dict[str, list[float]] = {name: [] for name in servers}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in servers}
+    for round_no in range(rounds):
+        order = list(servers) if round_no % 2 == 0 else list(reversed(servers))  # ABBA: drifts cancel
+        for name in order:
+            server = servers[name]
+            others = [s for n, s in servers.items() if n != name]
+            for other in others:
+                other.signal(signal.SIGSTOP)
+            try:
+                url = server.url("/predict")
+                run_wrk(url, upload, connections=connections, seconds=warmup, threads=1, workdir=workdir)
+                time.sleep(0.3)
+                assert server.proc is not None
+                cpu_before = tree_cpu_seconds(server.proc.pid)
+                load = run_wrk(url, upload, connections=connections, seconds=duration, threads=1, workdir=workdir)
+                time.sleep(0.3)  # the last batch (and any background writer) is counted too
+                cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
+            finally:
+                for other in others:
+                    other.signal(signal.SIGCONT)
+            ok = sum(n for status, n in load["statuses"].items() if str(status).startswith("2"))
+            bad = {k: v for k, v in load["statuses"].items() if not str(k).startswith("2")}
+            results[name].append(ok / (load["duration_us"] / 1e6))
+            cpu_ms[name].append(1000 * cpu / max(ok, 1))
+            print(f"  round {round_no + 1} {name:12s} {results[name][-1]:8.1f} req/s {cpu_ms[name][-1]:7.2f} "
+                  "CPU-ms/request" + (f"  non-2xx {bad}" if bad else ""))
+    return results, cpu_ms

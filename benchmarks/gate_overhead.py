@@ -1,0 +1,63 @@
+"""What the input gate costs in throughput: cxr-serve with the gate on (CXR_GATE=refuse, the default) against
+the gate off, same model, same upload, 64 connections, in one run (the A/B loop of ``benchmarks/ab.py``).
+Target: gate on >= 85 % of gate off.
+
+Usage: ``python benchmarks/gate_overhead.py [--upload 224|fullres]`` (about 2 minutes). Needs ``wrk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ab import alternate, start, wait_ready
+from benchmarks.loadgen import make_upload, pick_uploads
+from benchmarks.servers import REPO, free_ports
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("CXR_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--upload", choices=("224", "fullres"), default="224")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="cxr-gate-bench-"))
+    label, path = pick_uploads(Path(args.data), None, None)[0 if args.upload == "224" else 1]
+    upload = make_upload(label, path, workdir)
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "127.0.0.1",
+            "CXR_LOG_LEVEL": "warning", "CXR_ACCESS_LOG": "false", "CXR_GRACEFUL_TIMEOUT": "10",
+            "CXR_AUDIT_ENABLED": "false"}
+    port_on, port_off = free_ports(2)
+    servers = {"gate on": start("gate-on", port_on, {**base, "CXR_PORT": str(port_on), "CXR_GATE": "refuse"},
+                                workdir),
+               "gate off": start("gate-off", port_off, {**base, "CXR_PORT": str(port_off), "CXR_GATE": "off"},
+                                 workdir)}
+    try:
+        wait_ready(servers)
+        print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
+              f"{args.rounds} rounds")
+        results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
+                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir)
+        on, off = statistics.median(results["gate on"]), statistics.median(results["gate off"])
+        print(f"median: gate on {on:.1f} req/s, gate off {off:.1f} req/s, ratio {on / off:.3f} (target >= 0.85)")
+        cpu_on, cpu_off = statistics.median(cpu_ms["gate on"]), statistics.median(cpu_ms["gate off"])
+        print(f"median server CPU per answer: gate on {cpu_on:.2f} ms, gate off {cpu_off:.2f} ms, "
+              f"ratio {cpu_off / cpu_on:.3f} (the throughput share a CPU-bound server keeps)")
+    finally:
+        for server in servers.values():
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
