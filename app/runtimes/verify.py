@@ -34,7 +34,10 @@ class Verification:
                 f"flips on {self.inputs} {self.golden_source} golden inputs")
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        if not np.isfinite(self.max_abs_diff):  # JSON has no infinity: non-finite outputs
+            data["max_abs_diff"] = None
+        return data
 
 
 def decisions(probabilities: np.ndarray, metadata: ModelMetadata) -> np.ndarray:

@@ -175,6 +175,13 @@ def test_a_runtime_this_cpu_cannot_run_falls_back_when_forced_and_is_skipped_by_
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # nothing failed: nothing to warn
 
 
+def test_a_runtime_returning_non_finite_values_fails_and_reports_json_safely(artifact, synthetic):
+    runtime = RUNTIMES["keras"].load(artifact, BUCKETS)
+    runtime.predict = lambda batch: np.full((len(batch), 2), np.nan, np.float32)  # type: ignore[method-assign]
+    check = verify(runtime, synthetic, artifact.metadata)
+    assert not check.passed and check.to_dict()["max_abs_diff"] is None
+
+
 def test_bf16_is_offered_only_where_the_cpu_has_it():
     has = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     assert (KerasBf16Runtime.unavailable_reason() is None) == has
