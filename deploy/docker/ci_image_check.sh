@@ -93,7 +93,7 @@ cleanup() {
     # containerd-shims of ours (their command lines name our work folder), by process id.
     for cmdline in /proc/[0-9]*/cmdline; do
         pid=${cmdline#/proc/}; pid=${pid%/cmdline}
-        [[ $pid != "$$" ]] && tr '\0' ' ' < "$cmdline" 2> /dev/null | grep -q -- "containerd-shim.* $WORK/" \
+        [[ $pid != "$$" ]] && tr '\0' ' ' 2> /dev/null < "$cmdline" | grep -q -- "containerd-shim.* $WORK/" \
             && kill -KILL "$pid" 2> /dev/null
     done
     if [[ -d $WORK ]]; then
