@@ -114,10 +114,11 @@ class DataPlane:
         spec = model.metadata.preprocessing
         gate = self.manager.gate
         try:
-            fmt = sniff_format(data)
-            warnings = gate.check_header(data, fmt)  # DICOM header rules: before any pixel is decoded
             image = decode(data, min_size=2 * spec.input_size, max_pixels=self.settings.max_pixels)
             check_shape(image, self.settings.min_image_side, self.settings.max_aspect_ratio)
+            # is it an image at all (the decoder's precise 4xx), then is it a frontal chest film (the gate)
+            fmt = sniff_format(data)
+            warnings = gate.check_header(data, fmt)  # DICOM header rules, cheapest first
             verdict, flagged = gate.check_image(image, data, fmt)
         except NotAChestXrayError as refusal:
             self.metrics.gate_refusals.labels(refusal.rule).inc()

@@ -1,8 +1,8 @@
 """The input gate: refuse what is not a frontal chest radiograph before the classifier ever sees it.
 
-Cheapest first: DICOM header rules (no pixels decoded), a colour check (radiographs are grey), then a small
-gate model that scores the *grey* image (binarization would throw away what tells a fundus photo from a
-radiograph). The gate model is an
+It runs once the upload has decoded (so a broken file keeps the decoder's precise error), cheapest check
+first: DICOM header rules, a colour check (radiographs are grey), then a small gate model that scores the
+*grey* image (binarization would throw away what tells a fundus photo from a radiograph). The gate model is an
 artifact like the classifier (``<store>/gate/<version>/model.h5``, same loader rules, its own preprocessing
 spec and threshold), so it is trained, versioned and verified the same way.
 """

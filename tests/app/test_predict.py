@@ -43,7 +43,8 @@ def test_response_contract(server, reference, shipped_model, fullres_images):
     body = response.json()
     meta = reference.metadata
     assert set(body) == {"prediction", "probabilities", "threshold", "positive_class", "model", "request_id",
-                         "timing_ms", "notice"}
+                         "timing_ms", "gate", "warnings", "notice"}
+    assert body["gate"]["passed"] is True and body["warnings"] == []
     assert response.headers["x-request-id"] == body["request_id"] == "ward-7:req-42"
     assert list(body["probabilities"]) == meta.class_names
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -36,15 +36,11 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def png() -> bytes:
-    import io
+def png(fullres_images) -> bytes:
+    """A real chest film (a synthetic picture would be refused by the input gate)."""
+    from image_factory import encode, real_xray
 
-    import numpy as np
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (256, 1))).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode(real_xray(fullres_images[0], size=256), "PNG")
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-0123456789"},

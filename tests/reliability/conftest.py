@@ -67,13 +67,22 @@ def client() -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture(scope="session")
+def ungated_client() -> Iterator[TestClient]:
+    """Default settings but the input gate off, for tests that need synthetic pictures answered (the gate
+    refuses them, as it should: its own tests are tests/app/test_gate.py)."""
+    with running_app(gate="off") as test_client:
+        yield test_client
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, str]:
     """The one error shape, with the exact status and code, the request id echoed, and nothing leaked."""
     assert response.status_code == status, (response.status_code, response.text[:500])
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) == {"code", "message", "request_id"}, error
+    assert set(error) - {"details"} == {"code", "message", "request_id"}, error
+    assert isinstance(error.get("details", {}), dict), error  # machine-readable extras (e.g. a gate score)
     assert error["code"] == code, error
     assert error["message"] and isinstance(error["message"], str)
     assert error["request_id"] and error["request_id"] == response.headers["x-request-id"]

@@ -175,9 +175,10 @@ class RecordingSpool(tempfile.SpooledTemporaryFile):
         super().rollover()
 
 
-def test_uploads_are_never_spooled_to_disk(client, monkeypatch):
+def test_uploads_are_never_spooled_to_disk(ungated_client, monkeypatch):
     """Starlette spools multipart files over 1 MiB to a temporary file; X-ray uploads (PHI) must not be
     written to disk, so the service keeps every file up to its upload limit in memory."""
+    client = ungated_client  # a noise picture: the input gate would refuse it before the full path runs
     monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", RecordingSpool)
     RecordingSpool.rolled.clear()
     noisy = np.random.default_rng(0).integers(0, 256, (1800, 1800), dtype=np.uint8)
