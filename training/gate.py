@@ -35,7 +35,7 @@ from training.gate_data import (
 log = logging.getLogger("cxr.train.gate")
 
 
-def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 96), dropout: float = 0.3) -> Any:
+def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64), dropout: float = 0.3) -> Any:
     """A small ConvNet on the grey image: stride-2 stem, conv-BN-ReLU-pool blocks, global average pool."""
     import keras
 
@@ -170,10 +170,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr-train-gate", description="Train the input gate and export it.")
     p.add_argument("--data", default="../shared/data", help="folder holding chest_xray_224/ and gate/")
     p.add_argument("--out", default="runs/gate", help="run folder: report and plots")
-    p.add_argument("--input-size", type=int, default=96)
+    # 64 px: a gate call costs about the fixed overhead of one TF call (benchmarks/gate_cost.py), and the
+    # anatomy that tells a chest film from a spine film or a fundus photo is plain at that size
+    p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--pediatric", type=int, default=2500, help="pediatric films sampled from train/ (0 = all)")
     p.add_argument("--synthetic", type=int, default=60, help="generated negatives per synthetic kind")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--folds", type=int, default=5, help="grouped folds for validation (0 = skip validation)")
     p.add_argument("--max-refused", type=float, default=0.01, help="share of chest films the threshold may refuse")
     p.add_argument("--seed", type=int, default=1337)
