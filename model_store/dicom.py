@@ -11,6 +11,7 @@ pydicom: RLE; the optional pylibjpeg plug-ins: JPEG lossless, JPEG-LS...), other
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pydicom
@@ -30,7 +31,15 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> np.ndarray:
     except (DecodeError, MemoryError):
         raise
     except Exception as exc:  # pydicom parses lazily, and it and its plug-ins raise many types for bad data
-        raise DecodeError(f"cannot decode DICOM: {type(exc).__name__}: {exc}") from exc
+        raise DecodeError(f"cannot decode DICOM: {type(exc).__name__}: {_safe_reason(exc)}") from exc
+
+
+def _safe_reason(exc: Exception) -> str:
+    """The first line of a parser's message, without the raw element bytes pydicom quotes in it (they can be
+    a patient's name) and without the tracebacks it chains into it; bounded in length."""
+    first = str(exc).splitlines()[0] if str(exc) else "malformed data"
+    first = re.sub(r"""b(['"]).*?(?<!\\)\1""", "<bytes>", first)
+    return first[:200]
 
 
 def _decode(data: bytes, max_pixels: int) -> np.ndarray:

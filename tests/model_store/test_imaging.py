@@ -260,3 +260,24 @@ def test_dicom_rgb_becomes_grayscale(xray):
     buffer = io.BytesIO()
     ds.save_as(buffer)
     np.testing.assert_allclose(decode(buffer.getvalue(), max_pixels=LIMIT), xray / 255.0, atol=1e-3)
+
+
+# Found by the coverage-guided fuzzer (tests/reliability): a DICM stream whose file-meta group length element
+# swallows a Patient's Name; pydicom's message quoted the raw bytes (and a chained traceback) into the error.
+FUZZED_DICOM_WITH_A_NAME = bytes.fromhex(
+    "000000000000000000000000000000000000000000000000000040000000000000000000000000000000000000e300000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "000000000000000000000000000000000000000000000000000000004449434d0200000053510400ce000000020000000000"
+    "000000000000000000000000000000000000e300000000000000000000000000000000000000000000000000000000000000"
+    "000000004449434d0200000053510400ce000000020000000000000000000001000000000000000000000000000000104c4f"
+    "12006e000000000000000000000000000065726510001000504e0c00546573745e486f7374696c65"
+)
+
+
+def test_dicom_parse_errors_quote_no_element_bytes():
+    with pytest.raises(DecodeError) as caught:
+        decode(FUZZED_DICOM_WITH_A_NAME, max_pixels=10_000_000)
+    message = str(caught.value)
+    assert message.startswith("cannot decode DICOM: ")
+    assert "Hostile" not in message and "Traceback" not in message and "\n" not in message
+    assert len(message) < 300
