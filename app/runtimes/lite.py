@@ -46,33 +46,50 @@ def _interpreter_class() -> Any:
         return tf.lite.Interpreter
 
 
-def convert_int8(model: Any) -> bytes:
-    """Dynamic-range quantized flatbuffer. ``from_keras_model`` (not ``from_concrete_functions``, which
-    silently drops the weights of a Keras 3 model)."""
+def convert_tflite(model: Any, *, quantize: bool) -> bytes:
+    """A TFLite flatbuffer, dynamic-range int8 with ``quantize``, else float32. ``from_keras_model`` (not
+    ``from_concrete_functions``, which silently drops the weights of a Keras 3 model)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     with contextlib.redirect_stdout(io.StringIO()):  # the Keras export prints its temporary SavedModel
         return bytes(converter.convert())
 
 
-class _Bucket:
-    def __init__(self, interpreter_class: Any, flatbuffer: bytes, shape: tuple[int, ...], threads: int) -> None:
+def convert_int8(model: Any) -> bytes:
+    return convert_tflite(model, quantize=True)
+
+
+class LiteInterpreter:
+    """One interpreter for a fixed input shape. Not thread-safe: one per thread, or a locked ``_Bucket``."""
+
+    def __init__(self, flatbuffer: bytes, shape: tuple[int, ...], threads: int = 1,
+                 interpreter_class: Any = None) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per bucket
-            self.interpreter = interpreter_class(model_content=flatbuffer, num_threads=threads)
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            self.interpreter = (interpreter_class or _interpreter_class())(model_content=flatbuffer,
+                                                                          num_threads=threads)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.interpreter.resize_tensor_input(self.input, list(shape))
         self.interpreter.allocate_tensors()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input, np.ascontiguousarray(batch, dtype=np.float32))
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self.output), dtype=np.float32)
+
+
+class _Bucket(LiteInterpreter):
+    def __init__(self, interpreter_class: Any, flatbuffer: bytes, shape: tuple[int, ...], threads: int) -> None:
+        super().__init__(flatbuffer, shape, threads, interpreter_class)
         self.lock = threading.Lock()  # an interpreter is not thread-safe
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self.lock:
-            self.interpreter.set_tensor(self.input, np.ascontiguousarray(batch, dtype=np.float32))
-            self.interpreter.invoke()
-            return np.array(self.interpreter.get_tensor(self.output), dtype=np.float32)
+            return super().run(batch)
 
 
 class TFLiteInt8Runtime(Runtime):

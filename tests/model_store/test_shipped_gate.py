@@ -16,6 +16,7 @@ from app.gate import GateModel, InputGate
 from app.settings import Settings
 from model_store.artifact import load_artifact
 from model_store.imaging import decode, sniff_format
+from model_store.preprocessing import preprocess
 from model_store.registry import ModelRegistry
 
 
@@ -71,3 +72,27 @@ def test_not_chest_images_are_refused_and_adult_films_accepted(gate, gate_dir):
         assert refused_share(gate, images(kind)) >= 0.8, kind.name
     assert refused_share(gate, images(root / "not_cxr")) >= 0.95
     assert refused_share(gate, images(root / "adult_cxr")) <= 0.1
+
+
+
+def test_gate_runs_as_verified_tflite_and_matches_keras(gate, fullres_images):
+    assert gate.runtime == "tflite"
+    for path in fullres_images[:5]:
+        x = preprocess(decode(path.read_bytes(), max_pixels=50_000_000), gate.spec)[None]
+        assert abs(gate.predict(x)[0, 1] - float(gate.artifact.model(x)[0, 1])) < 1e-4
+
+
+def test_gate_falls_back_to_keras_with_one_warning(gate, fullres_images, monkeypatch, caplog):
+    import app.gate
+
+    def broken(model, *, quantize):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(app.gate, "convert_tflite", broken)
+    with caplog.at_level("WARNING", logger="cxr.gate"):
+        fallback = GateModel(gate.artifact, gate.version)
+    assert fallback.runtime == "keras"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cxr.gate"]
+    assert len(warnings) == 1 and "converter exploded" in warnings[0]
+    image = decode(fullres_images[0].read_bytes(), max_pixels=50_000_000)
+    assert fallback.score(image) == pytest.approx(gate.score(image), abs=1e-4)
