@@ -51,7 +51,7 @@ def test_response_contract(server, reference, shipped_model, fullres_images):
     assert body["threshold"] == meta.decision_threshold
     positive = body["probabilities"][meta.positive_class] >= meta.decision_threshold
     assert body["prediction"] == (meta.positive_class if positive else "NORMAL")
-    assert body["model"] == {"name": "pneumonia", "version": "1",
+    assert body["model"] == {"name": "pneumonia", "version": shipped_model.parent.name, "runtime": "keras",
                              "sha256": hashlib.sha256(shipped_model.read_bytes()).hexdigest()}
     timing = body["timing_ms"]
     assert set(timing) == {"decode", "queue", "inference", "total"}

@@ -65,7 +65,10 @@ def test_reload_under_load_fails_no_request(reload_server, store, fullres_dir):
         thread.join()
     assert response.status_code == 200, response.text
     assert response.json()["previous"]["version"] == "1"
-    assert response.json()["active"] == {"name": "pneumonia", "version": "2", "sha256": sha2}
+    now = response.json()["active"]
+    assert {k: now[k] for k in ("name", "version", "sha256")} == {"name": "pneumonia", "version": "2",
+                                                                 "sha256": sha2}
+    assert now["runtime"]  # the runtime the new version serves with (verified at its load)
     assert set(statuses) == {200}, statuses
     assert versions["1"] > 0 and versions["2"] > 0, versions  # both served during the test
     listing = active(reload_server)
