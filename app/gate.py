@@ -178,7 +178,7 @@ class GateModel:
 
 
 class InputGate:
-    """Header rules + gate model, as configured by ``CXR_GATE`` (refuse | flag | off)."""
+    """Header rules, colour check and gate model, as configured by ``CXR_GATE`` (refuse | flag | off)."""
 
     def __init__(self, mode: str, rules: frozenset[str], model: GateModel | None,
                  max_colourfulness: float = 1.0) -> None:
