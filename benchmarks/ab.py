@@ -7,14 +7,37 @@ rounds so slow drifts of a shared machine cancel; each turn records req/s and th
 
 from __future__ import annotations
 
+import argparse
+import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import run_wrk
-from benchmarks.servers import Server, tree_cpu_seconds
+from benchmarks.loadgen import make_upload, pick_uploads, run_wrk
+from benchmarks.servers import REPO, Server, tree_cpu_seconds
+
+# what every server of an A/B run shares: quiet logs, loopback, a short drain
+BASE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "127.0.0.1", "CXR_LOG_LEVEL": "warning",
+            "CXR_ACCESS_LOG": "false", "CXR_GRACEFUL_TIMEOUT": "10"}
+
+
+def load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=os.environ.get("CXR_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--upload", choices=("224", "fullres"), default="224")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+
+
+def prepare(args: argparse.Namespace, prefix: str) -> tuple[Path, Any]:
+    """A work folder and the upload the arguments name."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    label, path = pick_uploads(Path(args.data), None, None)[0 if args.upload == "224" else 1]
+    return workdir, make_upload(label, path, workdir)
 
 
 def start(name: str, port: int, env: dict[str, str], workdir: Path) -> Server:

@@ -14,15 +14,13 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import alternate, start, wait_ready
-from benchmarks.loadgen import make_upload, pick_uploads
-from benchmarks.servers import REPO, Server, free_ports, http_get
+from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
+from benchmarks.servers import Server, free_ports, http_get
 
 
 def written(server: Server) -> dict[str, float]:
@@ -78,20 +76,12 @@ def micro(data: bytes, workdir: Path, n: int = 3000) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("CXR_DATA_DIR", str(REPO.parent / "shared" / "data")))
-    parser.add_argument("--upload", choices=("224", "fullres"), default="224")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    load_arguments(parser)
     parser.add_argument("--audit-url", help="audit store URL (default: SQLite in a temporary folder)")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="cxr-audit-bench-"))
-    label, path = pick_uploads(Path(args.data), None, None)[0 if args.upload == "224" else 1]
-    upload = make_upload(label, path, workdir)
-    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "127.0.0.1",
-            "CXR_LOG_LEVEL": "warning", "CXR_ACCESS_LOG": "false", "CXR_GRACEFUL_TIMEOUT": "10"}
+    workdir, upload = prepare(args, "cxr-audit-bench-")
+    base = {**os.environ, **BASE_ENV}
     port_on, port_off = free_ports(2)
     on_env = {**base, "CXR_PORT": str(port_on), "CXR_AUDIT_ENABLED": "true",
               "CXR_AUDIT_PATH": str(workdir / "audit.db")}

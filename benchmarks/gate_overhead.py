@@ -11,32 +11,21 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import alternate, start, wait_ready
-from benchmarks.loadgen import make_upload, pick_uploads
-from benchmarks.servers import REPO, free_ports
+from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
+from benchmarks.servers import free_ports
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("CXR_DATA_DIR", str(REPO.parent / "shared" / "data")))
-    parser.add_argument("--upload", choices=("224", "fullres"), default="224")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    load_arguments(parser)
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="cxr-gate-bench-"))
-    label, path = pick_uploads(Path(args.data), None, None)[0 if args.upload == "224" else 1]
-    upload = make_upload(label, path, workdir)
-    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "127.0.0.1",
-            "CXR_LOG_LEVEL": "warning", "CXR_ACCESS_LOG": "false", "CXR_GRACEFUL_TIMEOUT": "10",
-            "CXR_AUDIT_ENABLED": "false"}
+    workdir, upload = prepare(args, "cxr-gate-bench-")
+    base = {**os.environ, **BASE_ENV, "CXR_AUDIT_ENABLED": "false"}
     port_on, port_off = free_ports(2)
     servers = {"gate on": start("gate-on", port_on, {**base, "CXR_PORT": str(port_on), "CXR_GATE": "refuse"},
                                 workdir),
