@@ -97,7 +97,7 @@ def colourfulness(data: bytes, fmt: str | None) -> float:
     with Image.open(io.BytesIO(data)) as image:
         if image.mode in _GREY_MODES:
             return 0.0
-        image.draft("RGB", (32, 32))  # JPEG: decoded at up to 1/8 scale in the DCT domain (0.2 ms, not 0.9)
+        image.draft("RGB", (16, 16))  # JPEG: decoded at up to 1/8 scale in the DCT domain (0.18 ms, not 0.9)
         rgb = image.convert("RGB")
         factor = max(rgb.size) // 64
         a = np.asarray(rgb.reduce(factor) if factor > 1 else rgb, dtype=np.float32) / 255.0
