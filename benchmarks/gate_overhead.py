@@ -3,6 +3,8 @@ the gate off, same model, same upload, 64 connections, in one run (the A/B loop 
 Target: gate on >= 85 % of gate off.
 
 Usage: ``python benchmarks/gate_overhead.py [--upload 224|fullres]`` (about 2 minutes). Needs ``wrk``.
+``--off-runtime keras`` compares today's default with the service as it was before this round (no gate,
+Keras float32).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from benchmarks.servers import free_ports
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     load_arguments(parser)
+    parser.add_argument("--off-runtime", help="CXR_RUNTIME of the gate-off server, e.g. keras to compare with the "
+                                              "service as it was before the gate and the accelerated runtimes")
     args = parser.parse_args()
 
     workdir, upload = prepare(args, "cxr-gate-bench-")
@@ -29,8 +33,9 @@ def main() -> int:
     port_on, port_off = free_ports(2)
     servers = {"gate on": start("gate-on", port_on, {**base, "CXR_PORT": str(port_on), "CXR_GATE": "refuse"},
                                 workdir),
-               "gate off": start("gate-off", port_off, {**base, "CXR_PORT": str(port_off), "CXR_GATE": "off"},
-                                 workdir)}
+               "gate off": start("gate-off", port_off, {**base, "CXR_PORT": str(port_off), "CXR_GATE": "off",
+                                                        **({"CXR_RUNTIME": args.off_runtime} if args.off_runtime
+                                                           else {})}, workdir)}
     try:
         wait_ready(servers)
         print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
