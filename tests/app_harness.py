@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -49,6 +52,26 @@ def wait_ready(app: FastAPI, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"not ready after {timeout}s: {manager.not_ready_reason()}")
         time.sleep(0.05)
+
+
+def service_command() -> list[str]:
+    """The ``cxr-serve`` console script of this environment (``python -m app.cli`` where it is not installed)."""
+    script = Path(sys.executable).parent / "cxr-serve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+
+
+def wait_process_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 120.0) -> None:
+    """Poll ``/health/ready`` of a service process until 200; fail with its log tail if it exits or is late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"cxr-serve exited early:\n{log_path.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.2)
 
 
 def free_port() -> int:

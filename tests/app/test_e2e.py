@@ -6,21 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import free_port
+from app_harness import free_port, service_command, wait_process_ready
 
 pytestmark = pytest.mark.slow
 
-
-
-def command() -> list[str]:
-    script = Path(sys.executable).parent / "cxr-serve"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
 def test_cxr_serve_process_serves_and_exits_cleanly_on_sigterm(shipped_model, fullres_images, tmp_path):
@@ -30,20 +22,10 @@ def test_cxr_serve_process_serves_and_exits_cleanly_on_sigterm(shipped_model, fu
     env.pop("CXR_MODEL_STORE", None)  # the default store: the shipped model
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(service_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"cxr-serve exited early:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.2)
-
+        wait_process_ready(process, url, log_path)
         with httpx.Client(base_url=url, timeout=30) as client:
             film = fullres_images[-1]
             response = client.post("/predict", files={"file": (film.name, film.read_bytes())},

@@ -9,15 +9,13 @@ import io
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from app_harness import free_port
+from app_harness import free_port, service_command, wait_process_ready
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -40,8 +38,7 @@ def artifacts() -> Path:
 def service(shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cxr-serve` as its own process, as deployed: default settings plus API keys. The input gate and the audit
     trail are off here (they have their own tests; the page shows their refusals and warnings as any other)."""
-    script = Path(sys.executable).parent / "cxr-serve"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    command = service_command()
     port = free_port()
     env = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_API_KEYS": KEY, "CXR_GATE": "off",
            "CXR_AUDIT_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -51,16 +48,7 @@ def service(shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"cxr-serve exited early:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.2)
+        wait_process_ready(process, url, log_path)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
