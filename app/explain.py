@@ -98,6 +98,28 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
     return convs[-1]
 
 
+def branch_target_layers(model: Any) -> list[Any]:
+    """The last convolution on every path into the output: one for a single network, one per member for an
+    ensemble of side-by-side networks (training/ensemble.py), whose score is the mean of the members'."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = list(model.outputs)
+    while stack:
+        tensor = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if history is None or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation = history.operation
+        if type(operation).__name__ in CONV_CLASSES:
+            if operation not in found:
+                found.append(operation)
+            continue  # stop at the branch's last convolution
+        stack.extend(operation._inbound_nodes[history.node_index].input_tensors)
+    order = {id(layer): index for index, layer in enumerate(model.layers)}
+    return sorted(found, key=lambda layer: order.get(id(layer), 0))
+
+
 def _head(model: Any) -> tuple[Any, Any]:
     """(tensor to fetch, (function of it -> logits, activation) or None). The logits are rebuilt from the last
     Dense layer's input when it applies the softmax/sigmoid itself, or taken from a separate Softmax/Activation
@@ -127,13 +149,20 @@ class GradCam:
         import keras
         import tensorflow as tf
 
-        self.layer = find_target_layer(model, layer)
-        features = graph_outputs(model).get(self.layer.name)
-        if features is None or len(features.shape) != 4:
-            raise ExplanationUnavailableError(f"layer {self.layer.name!r} has no spatial (4-D) output in the "
-                                              "model's graph; Grad-CAM needs one")
+        # one layer named (CXR_EXPLAIN_LAYER), else the last convolution of each branch (one, unless an ensemble)
+        self.layers = [find_target_layer(model, layer)] if layer else branch_target_layers(model)
+        if not self.layers:
+            self.layers = [find_target_layer(model)]  # raises the precise "no convolutional layer" error
+        self.layer = self.layers[-1]
+        tensors = graph_outputs(model)
+        features = [tensors.get(target.name) for target in self.layers]
+        for target, tensor in zip(self.layers, features, strict=True):
+            if tensor is None or len(tensor.shape) != 4:
+                raise ExplanationUnavailableError(f"layer {target.name!r} has no spatial (4-D) output in the "
+                                                  "model's graph; Grad-CAM needs one")
         fetch, head = _head(model)
-        grad_model = keras.Model(inputs=model.inputs, outputs=[features, fetch])
+        grad_model = keras.Model(inputs=model.inputs, outputs=[*features, fetch])
+        size = tuple(int(d) for d in features[0].shape[1:3])
         others = [i for i in range(int(model.outputs[0].shape[-1])) if i != positive_index]
 
         def score(out: tf.Tensor) -> tf.Tensor:
@@ -151,12 +180,18 @@ class GradCam:
 
         def cam(x: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
-                features, out = grad_model(x, training=False)
+                *features, out = grad_model(x, training=False)
                 target = score(out)
             # samples do not interact (inference mode), so the gradient of the sum is each sample's own gradient
             grads = tape.gradient(target, features)
-            weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
-            return tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
+            total = 0.0
+            for feature, grad in zip(features, grads, strict=True):  # branches add up, as their scores do
+                weights = tf.reduce_mean(tf.cast(grad, tf.float32), axis=(1, 2), keepdims=True)
+                branch = tf.reduce_sum(weights * tf.cast(feature, tf.float32), axis=-1, keepdims=True)
+                if tuple(branch.shape[1:3]) != size:
+                    branch = tf.image.resize(branch, size)
+                total += branch
+            return tf.nn.relu(total[..., 0])
 
         self._traced = tf.function(cam)
         self._input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -165,7 +200,7 @@ class GradCam:
 
     @property
     def layer_name(self) -> str:
-        return str(self.layer.name)
+        return "+".join(str(layer.name) for layer in self.layers)
 
     def _function(self, size: int) -> Any:
         function = self._concrete.get(size)

@@ -38,7 +38,7 @@ ALLOWED_CLASSES = frozenset(
         "Sequential", "Functional", "Model", "InputLayer", "Conv2D", "SeparableConv2D", "DepthwiseConv2D",
         "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten",
         "Dense", "Dropout", "SpatialDropout2D", "BatchNormalization", "LayerNormalization", "Activation",
-        "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", "Rescaling", "Reshape",
+        "ReLU", "LeakyReLU", "Softmax", "Add", "Average", "Concatenate", "Rescaling", "Reshape",
         # a Functional model's config names the tensors between layers so (data only: shape, dtype, history)
         "__keras_tensor__",
         # config helper objects (not layers)

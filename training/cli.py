@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from model_store.preprocessing import PreprocessingSpec
-from model_store.registry import DEFAULT_STORE, ModelRegistry
+from model_store.registry import DEFAULT_STORE
 from training.augment import AugmentConfig
+from training.finalize import predict_probabilities
 from training.model import ModelConfig
 
 log = logging.getLogger("cxr.train")
@@ -52,7 +52,10 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=int, default=0, help="cosine: linear warm-up epochs")
     g.add_argument("--augment-scale", type=float, default=1.0, help="multiply every augmentation range by this")
     g.add_argument("--cache", help="folder for a decoded uint8 copy of folder datasets (epochs skip JPEG decoding)")
-    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--seed", type=int, default=1337, help="seeds the validation split (and the rest, unless "
+                   "--member-seed is given)")
+    g.add_argument("--member-seed", type=int, help="an ensemble member's own seed (weights, undersampled "
+                   "subset, order, augmentation); members trained with one --seed share the validation split")
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--patience", type=int, default=5, help="early stopping patience (val_loss)")
     g.add_argument("--limit", type=int, help="use at most N images per class of each split (quick runs)")
@@ -76,16 +79,6 @@ def _limit(images: Any, limit: int | None) -> Any:
     return images.subset(np.sort(keep), description=f"{images.description}, first {limit} per class")
 
 
-def predict_probabilities(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64,
-                          temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities (N, classes) of every image, through the shared preprocessing and calibration."""
-    from model_store.calibration import apply_temperature
-    from training.batches import ImageBatches
-
-    inputs = ImageBatches(images, spec, batch_size).all_inputs()
-    return apply_temperature(model.predict(inputs, batch_size=batch_size, verbose=0), temperature)
-
-
 def evaluate_model(model: Any, spec: PreprocessingSpec, images: Any, batch_size: int = 64,
                    temperature: float = 1.0) -> np.ndarray:
     """P(PNEUMONIA) for every image of the set, through the shared preprocessing (and calibration)."""
@@ -95,19 +88,11 @@ def evaluate_model(model: Any, spec: PreprocessingSpec, images: Any, batch_size:
 def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from model_store.artifact import save_artifact
-    from model_store.calibration import apply_temperature, fit_temperature
-    from model_store.golden import store_golden
-    from training.batches import ImageBatches
     from training.cache import cached
-    from training.calibration_report import (
-        calibration_summary,
-        score_distribution,
-        split_counts,
-        write_reliability_diagram,
-    )
+    from training.calibration_report import split_counts
     from training.data import has_split, load_split
-    from training.evaluate import binary_metrics, choose_threshold, write_plots, write_report
+    from training.evaluate import write_report
+    from training.finalize import calibrate_and_report, export
     from training.train import TrainConfig, build_metadata, fit, make_splits
 
     spec = PreprocessingSpec(input_size=args.input_size, crop=args.crop, binarize=args.binarize,
@@ -117,6 +102,7 @@ def train_main(argv: list[str] | None = None) -> int:
                                arch=args.arch, weight_decay=args.weight_decay, stem_pool=not args.no_stem_pool)
     config = TrainConfig(spec=spec, model=model_config, balance=args.balance, epochs=args.epochs,
                          batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
+                         member_seed=args.member_seed,
                          augment=None if args.no_augment else AugmentConfig().scaled(args.augment_scale),
                          early_stopping_patience=args.patience, split=args.split, schedule=args.schedule,
                          warmup_epochs=args.warmup_epochs, verbose=0 if args.quiet else 2)
@@ -126,6 +112,7 @@ def train_main(argv: list[str] | None = None) -> int:
         saved = read_metadata(args.resume).training["config"]
         config.spec = PreprocessingSpec.from_dict(saved["spec"])
         config.balance, config.seed, config.val_fraction = saved["balance"], saved["seed"], saved["val_fraction"]
+        config.member_seed = saved.get("member_seed")
         config.batch_size = saved["batch_size"]
         config.split = saved.get("split", "image")  # checkpoints from before patient splits split by image
     train_set = _limit(load_split(args.data, "train"), args.limit)
@@ -141,42 +128,22 @@ def train_main(argv: list[str] | None = None) -> int:
     if has_split(args.data, "test"):  # reported only: nothing below is chosen on it
         test_set = _limit(load_split(args.data, "test"), args.limit)
         sets["test"] = cached(test_set, config.spec, args.cache) if args.cache else test_set
-    raw = {name: predict_probabilities(model, config.spec, images) for name, images in sets.items()}
-    temperature = 1.0 if args.no_calibrate else fit_temperature(raw["val"], splits.val.labels)
-    scores = {name: apply_temperature(probs, temperature)[:, 1] for name, probs in raw.items()}
-    threshold = choose_threshold(splits.val.labels, scores["val"], args.target_sensitivity)
-    results = {name: binary_metrics(images.labels, scores[name], threshold) for name, images in sets.items()}
-    curves = {name: (images.labels, scores[name]) for name, images in sets.items()}
-    calibration = {name: calibration_summary(images.labels, raw[name][:, 1], scores[name])
-                   for name, images in sets.items()}
-    plots = write_plots(out, results, curves, state["history"], ["NORMAL", "PNEUMONIA"])
-    plots.append(write_reliability_diagram(out, {n: (sets[n].labels, raw[n][:, 1], scores[n]) for n in sets}))
-    report = {"threshold_rule": f"sensitivity >= {args.target_sensitivity}" if args.target_sensitivity
-              else "Youden's J on validation", "metrics": results, "plots": plots,
-              "temperature": temperature, "calibration": calibration,
+    calibrated = calibrate_and_report(model, config.spec, sets, out, target_sensitivity=args.target_sensitivity,
+                                      calibrate=not args.no_calibrate, history=state["history"])
+    report = {"threshold_rule": calibrated.rule, "metrics": calibrated.results, "plots": calibrated.plots,
+              "temperature": calibrated.temperature, "calibration": calibrated.calibration,
               "splits": split_counts(splits, sets.get("test")),
               "seconds_per_epoch": state["seconds_per_epoch"], "epochs_run": state["epoch"],
               "config": config.to_dict()}
     write_report(out, report)
-    print(json.dumps({k: {m: v for m, v in r.items() if m != "confusion_matrix"} for k, r in results.items()},
-                     indent=1))
+    print(json.dumps({k: {m: v for m, v in r.items() if m != "confusion_matrix"}
+                      for k, r in calibrated.results.items()}, indent=1))
     if args.no_export:
         return 0
-    registry = ModelRegistry(args.store)
-    version = args.version or registry.next_version(args.name)
-    metadata = build_metadata(config, splits, {k: v for k, v in state.items() if k != "history"},
-                              name=args.name, version=str(version))
-    metadata.decision_threshold = threshold
-    metadata.temperature = temperature
-    metadata.metrics = {"threshold_rule": report["threshold_rule"], **results, "calibration": calibration,
-                        "validation_distribution": score_distribution(scores["val"])}
+    metadata = build_metadata(config, splits, {k: v for k, v in state.items() if k != "history"}, name=args.name)
     metadata.dataset["splits"] = report["splits"]
-    target = registry.path_for(args.name, version)
-    save_artifact(model, metadata, target)
-    # the golden set: real validation inputs + float32 outputs, against which serving verifies its runtime
-    sha = store_golden(target, model, ImageBatches(_limit(splits.val, 128), config.spec).all_inputs(), metadata)
-    for name in [*plots, "report.json", "history.csv"]:
-        shutil.copy2(out / name, target.parent / name)
+    target, sha = export(model, metadata, calibrated, splits.val, store=args.store, version=args.version, out=out,
+                         files=("report.json", "history.csv"))
     print(f"exported {target} (sha256 {sha}, {target.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
 from model_store.preprocessing import PreprocessingSpec
-from model_store.registry import DEFAULT_STORE, ModelRegistry
+from model_store.registry import DEFAULT_STORE
+from training.calibration_report import split_counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,68 +27,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", type=int, help="version to write (default: next free)")
     args = p.parse_args(argv)
 
-    from model_store.artifact import load_artifact, save_artifact
-    from model_store.calibration import apply_temperature, fit_temperature
-    from training.cache import cached
-    from training.calibration_report import (
-        calibration_summary,
-        score_distribution,
-        split_counts,
-        write_reliability_diagram,
-    )
-    from training.cli import predict_probabilities
-    from training.data import has_split, load_split
-    from training.evaluate import binary_metrics, choose_threshold, write_plots, write_report
-    from training.train import TrainConfig, make_splits
+    from model_store.artifact import load_artifact
+    from training.evaluate import write_report
+    from training.finalize import calibrate_and_report, export, target_from_rule
 
     loaded = load_artifact(args.model)
     meta = loaded.metadata
+    splits, sets = validation_and_test(meta, args.data, args.cache)
+    rule = meta.metrics.get("threshold_rule", "")
+    out = Path(args.out)
+    calibrated = calibrate_and_report(loaded.model, meta.preprocessing, sets, out,
+                                      target_sensitivity=target_from_rule(rule))
+    source = {"path": str(args.model), "sha256": loaded.sha256}
+    report = {"source": source, "threshold_rule": calibrated.rule, "temperature": calibrated.temperature,
+              "metrics": calibrated.results, "calibration": calibrated.calibration,
+              "splits": split_counts(splits, sets.get("test")), "plots": calibrated.plots}
+    write_report(out, report)
+    print(json.dumps({"temperature": calibrated.temperature, "calibration": calibrated.calibration,
+                      **{k: {m: v for m, v in r.items() if m != "confusion_matrix"}
+                         for k, r in calibrated.results.items()}}, indent=1))
+    meta.dataset["splits"] = report["splits"]
+    target, sha = export(loaded.model, meta, calibrated, splits.val, store=args.store, version=args.version,
+                         out=out, extra_metrics={"recalibrated_from": source})
+    print(f"exported {target} (sha256 {sha})")
+    return 0
+
+
+def validation_and_test(meta: Any, data: str, cache: str | None) -> tuple[Any, dict[str, Any]]:
+    """The validation split an artifact was trained with, rebuilt from its stored config (split kind,
+    fraction, seed), and the data's test split where it has one (reported only)."""
+    from training.cache import cached
+    from training.data import has_split, load_split
+    from training.train import TrainConfig, make_splits
+
     saved = meta.training["config"]
     spec = PreprocessingSpec.from_dict(saved["spec"])
     config = TrainConfig(spec=spec, balance=saved["balance"], seed=saved["seed"],
                          val_fraction=saved["val_fraction"], split=saved.get("split", "image"))
-    train_set = load_split(args.data, "train")
-    if args.cache:
-        train_set = cached(train_set, spec, args.cache)
+    train_set = load_split(data, "train")
+    if cache:
+        train_set = cached(train_set, spec, cache)
     splits = make_splits(train_set, config)  # the same held-out images the model was validated on
     sets = {"val": splits.val}
-    if has_split(args.data, "test"):
-        test_set = load_split(args.data, "test")
-        sets["test"] = cached(test_set, spec, args.cache) if args.cache else test_set
-    raw = {name: predict_probabilities(loaded.model, spec, images) for name, images in sets.items()}
-    temperature = fit_temperature(raw["val"], splits.val.labels)
-    scores = {name: apply_temperature(probs, temperature)[:, 1] for name, probs in raw.items()}
-    rule = meta.metrics.get("threshold_rule", "")
-    target = float(rule.split(">=")[1]) if rule.startswith("sensitivity >=") else None
-    threshold = choose_threshold(splits.val.labels, scores["val"], target)
-    results = {name: binary_metrics(images.labels, scores[name], threshold) for name, images in sets.items()}
-    calibration = {name: calibration_summary(images.labels, raw[name][:, 1], scores[name])
-                   for name, images in sets.items()}
-    out = Path(args.out)
-    plots = write_plots(out, results, {n: (sets[n].labels, scores[n]) for n in sets}, None, meta.class_names)
-    plots.append(write_reliability_diagram(out, {n: (sets[n].labels, raw[n][:, 1], scores[n]) for n in sets}))
-    report = {"source": str(args.model), "source_sha256": loaded.sha256, "threshold_rule": rule,
-              "temperature": temperature, "metrics": results, "calibration": calibration,
-              "splits": split_counts(splits, sets.get("test")), "plots": plots}
-    write_report(out, report)
-    print(json.dumps({"temperature": temperature, "calibration": calibration,
-                      **{k: {m: v for m, v in r.items() if m != "confusion_matrix"} for k, r in results.items()}},
-                     indent=1))
-    registry = ModelRegistry(args.store)
-    version = args.version or registry.next_version(meta.name)
-    meta.version = str(version)
-    meta.temperature = temperature
-    meta.decision_threshold = threshold
-    meta.metrics = {**meta.metrics, **results, "threshold_rule": rule, "calibration": calibration,
-                    "validation_distribution": score_distribution(scores["val"]),
-                    "recalibrated_from": {"path": str(args.model), "sha256": loaded.sha256}}
-    meta.dataset["splits"] = report["splits"]
-    destination = registry.path_for(meta.name, version)
-    save_artifact(loaded.model, meta, destination, include_optimizer=False)
-    for name in [*plots, "report.json"]:
-        shutil.copy2(out / name, destination.parent / name)
-    print(f"exported {destination}")
-    return 0
+    if has_split(data, "test"):
+        test_set = load_split(data, "test")
+        sets["test"] = cached(test_set, spec, cache) if cache else test_set
+    return splits, sets
 
 
 if __name__ == "__main__":

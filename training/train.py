@@ -38,7 +38,10 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     val_fraction: float = 0.1
-    seed: int = 1337
+    seed: int = 1337  # the validation split (and, unless member_seed is set, everything else random)
+    # an ensemble member's own randomness: initial weights, the undersampled subset, batch order, augmentation.
+    # Members share ``seed`` (hence one validation split, held out from all of them) and differ here.
+    member_seed: int | None = None
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     early_stopping_patience: int = 5
     lr_patience: int = 4
@@ -55,8 +58,12 @@ class TrainConfig:
             "seed": self.seed, "augment": self.augment.to_dict() if self.augment else None,
             "early_stopping_patience": self.early_stopping_patience, "lr_patience": self.lr_patience,
             "lr_factor": self.lr_factor, "split": self.split, "schedule": self.schedule,
-            "warmup_epochs": self.warmup_epochs,
+            "warmup_epochs": self.warmup_epochs, "member_seed": self.member_seed,
         }
+
+    @property
+    def run_seed(self) -> int:
+        return self.seed if self.member_seed is None else self.member_seed
 
 
 @dataclass
@@ -86,7 +93,7 @@ def make_splits(train_set: ImageSet, config: TrainConfig, val_set: ImageSet | No
         patients = {"train": len(np.unique(groups[keep])), "val": len(np.unique(groups[held]))}
     weights = None
     if config.balance == "undersample":
-        train_set = train_set.subset(undersample(train_set.labels, config.seed),
+        train_set = train_set.subset(undersample(train_set.labels, config.run_seed),
                                      description=f"undersampled {train_set.description}")
     elif config.balance == "class-weight":
         weights = class_weights(train_set.labels)
@@ -142,7 +149,7 @@ def fit(splits: Splits, config: TrainConfig, out_dir: str | Path, resume: str | 
     """Train (or resume) and return the model with the best val_loss weights, plus the training state."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.run_seed)
     history: dict[str, list[float]] = {}
     initial_epoch, best_val_loss = 0, float("inf")
     if resume is not None:
@@ -158,7 +165,7 @@ def fit(splits: Splits, config: TrainConfig, out_dir: str | Path, resume: str | 
         model = build_model(config.model)
 
     train_batches = ImageBatches(splits.train, config.spec, config.batch_size, augment_config=config.augment,
-                                 shuffle=True, seed=config.seed, class_weight=splits.class_weight)
+                                 shuffle=True, seed=config.run_seed, class_weight=splits.class_weight)
     train_batches.epoch = initial_epoch
     val_batches = ImageBatches(splits.val, config.spec, config.batch_size)
     checkpoint = ArtifactCheckpoint(out, lambda state: build_metadata(config, splits, state), history,

@@ -155,6 +155,18 @@ def test_sequential_and_residual_models_are_explained_at_their_last_convolution(
     assert GradCam(residual, 1, layer="sep").layer_name == "sep"
 
 
+def test_an_ensemble_is_explained_at_every_members_last_convolution(trained):
+    """training/ensemble.py puts members side by side: the map covers each member's last convolution, and an
+    ensemble of one network twice (equal shares of the score) gives that network's own map."""
+    from training.ensemble import build_ensemble
+
+    model, x, _ = trained
+    member = keras.Sequential([keras.Input((SIZE, SIZE, 1)), *model.layers[1:]], name="member")
+    explainer = GradCam(build_ensemble([member, member]), 1)
+    assert explainer.layer_name == "m1_conv2+m2_conv2"
+    np.testing.assert_allclose(explainer.maps(x[:8]), GradCam(model, 1).maps(x[:8]), atol=1e-4)
+
+
 def test_a_model_without_a_convolution_is_a_clear_domain_error():
     dense_only = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(),
                                    keras.layers.Dense(2, activation="softmax")], name="mlp")
