@@ -13,6 +13,7 @@ every member.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,44 @@ def check_members(metadatas: list[Any]) -> None:
                              "with the same --seed and --split and different --member-seed")
 
 
+def member_histories(paths: list[str]) -> dict[str, list[float]]:
+    """Each member's training history (the history.csv exported beside its model.h5), keys prefixed ``mN_``."""
+    merged: dict[str, list[float]] = {}
+    for index, path in enumerate(paths, start=1):
+        history = Path(path).parent / "history.csv"
+        if not history.is_file():
+            continue
+        with history.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for key in rows[0] if rows else []:
+            if key != "epoch":
+                merged[f"m{index}_{key}"] = [float(row[key]) for row in rows if row[key] != ""]
+    return merged
+
+
+def write_member_curves(out: Path, histories: dict[str, list[float]], members: int) -> str:
+    """learning_curves.png: loss and accuracy per epoch of every member (validation solid, training dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        for index in range(1, members + 1):
+            for prefix, style in (("val_", "-"), ("", "--")):
+                values = histories.get(f"m{index}_{prefix}{key}")
+                if values:
+                    ax.plot(range(1, len(values) + 1), values, style, label=f"m{index} {prefix}{key}")
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+    return "learning_curves.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__.split("\n")[0])
     p.add_argument("--members", nargs="+", required=True, help="model.h5 of each member")
@@ -101,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.evaluate import write_report
     from training.finalize import calibrate_and_report, export, target_from_rule
     from training.recalibrate import validation_and_test
+    from training.train import write_history_csv
 
     loaded = [load_artifact(path) for path in args.members]
     metadatas = [member.metadata for member in loaded]
@@ -118,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"members": members, "threshold_rule": calibrated.rule, "temperature": calibrated.temperature,
               "metrics": calibrated.results, "calibration": calibrated.calibration,
               "splits": split_counts(splits, sets.get("test")), "plots": calibrated.plots}
+    histories = member_histories(args.members)
+    write_history_csv(out / "history.csv", histories)
+    report["plots"].append(write_member_curves(out, histories, len(loaded)))
     write_report(out, report)
     print(json.dumps({"temperature": calibrated.temperature, "calibration": calibrated.calibration,
                       **{k: {m: v for m, v in r.items() if m != "confusion_matrix"}
@@ -129,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "member_configs": [m.training["config"] for m in metadatas]}})
     metadata.dataset["splits"] = report["splits"]
     path, sha = export(model, metadata, calibrated, splits.val, store=args.store, version=args.version, out=out,
-                       extra_metrics={"ensemble": members})
+                       extra_metrics={"ensemble": members}, files=("report.json", "history.csv",
+                                                                   "learning_curves.png"))
     print(f"exported {path} (sha256 {sha}, {path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -86,4 +86,7 @@ def test_cli_trains_members_then_exports_a_calibrated_ensemble(mnist_npz, tmp_pa
     members = [load_artifact(p).model for p in paths]
     x = np.random.default_rng(1).integers(0, 2, (4, 28, 28, 1)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(exported.model(x)), np.asarray(build_ensemble(members)(x)), atol=1e-6)
-    assert (tmp_path / "ens" / "reliability.png").is_file()
+    for name in ("reliability.png", "learning_curves.png", "history.csv", "report.json", "roc.png"):
+        assert (exported.path.parent / name).is_file(), name
+    header = (exported.path.parent / "history.csv").read_text().splitlines()[0]
+    assert "m1_val_loss" in header and "m2_val_loss" in header
