@@ -12,6 +12,13 @@ is empty only if something is announced, and otherwise runs at once. Submitting 
 announcement into the queued item in one step (under one lock, waking the worker), so a request never waits for
 itself: a lone request runs as soon as it is queued, as with batching off, while under load batches still fill
 (items also accumulate while the previous batch runs).
+
+A lone request can skip the worker thread altogether: ``submit_or_run`` (called in the thread that prepared the
+input) runs it at once in that thread when the batcher is idle: nothing queued, the worker not running a batch,
+and no other caller announced. That saves two thread hand-offs (to the worker and back) on a lone request's
+path. It is the same batch of one the worker would run (same predict, output check, failure isolation and
+metrics hooks), and the model still runs one call at a time: the worker waits for an inline call to finish
+before it runs its next batch, and ``stop()`` waits for one in progress.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 _STOP = object()
 
 
-class _Announcement:
+class Announcement:
     """One ``expecting()`` block: open until its item is submitted (or the block ends without one)."""
 
     __slots__ = ("batcher", "open")
@@ -48,7 +55,7 @@ class _Announcement:
 
 
 # the caller's current announcement: contextvars follow an asyncio task, so concurrent requests keep theirs apart
-_ANNOUNCED: contextvars.ContextVar[_Announcement | None] = contextvars.ContextVar("cxr_announced", default=None)
+_ANNOUNCED: contextvars.ContextVar[Announcement | None] = contextvars.ContextVar("cxr_announced", default=None)
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -109,6 +116,9 @@ class DynamicBatcher:
         self._expected = 0  # items announced by callers still preparing them
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # an item queued or an announcement withdrawn
+        # a model call in progress (the worker's batch or an inline one): one at a time, under _lock
+        self._busy = False
+        self._idle = threading.Condition(self._lock)  # _busy went False
         self._accepting = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -131,23 +141,32 @@ class DynamicBatcher:
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Refuse new work, finish everything already accepted, then end the worker."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:  # under the lock: every accepted item is queued before the sentinel
             was_accepting, self._accepting = self._accepting, False
             if was_accepting:
                 self._queue.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        with self._idle:  # an inline call accepted before the stop finishes too
+            while self._busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._idle.wait(remaining)
 
     @contextlib.contextmanager
-    def expecting(self) -> Iterator[None]:
+    def expecting(self) -> Iterator[Announcement]:
         """Announce one item the caller is still preparing (decoding), so the worker waits for it. The first
-        ``submit_nowait`` inside the block redeems the announcement; leaving without one withdraws it."""
-        announcement = _Announcement(self)
+        ``submit_nowait`` inside the block redeems the announcement; leaving without one withdraws it. The
+        announcement is yielded for callers that submit from another thread (contextvars do not follow
+        ``run_in_executor``): pass it to ``submit_nowait`` / ``submit_or_run``."""
+        announcement = Announcement(self)
         with self._lock:
             self._expected += 1
         token = _ANNOUNCED.set(announcement)
         try:
-            yield
+            yield announcement
         finally:
             _ANNOUNCED.reset(token)
             with self._lock:
@@ -157,11 +176,21 @@ class DynamicBatcher:
                     self._changed.notify()
 
     # -- submitting ----------------------------------------------------------------------------------------
-    def submit_nowait(self, x: np.ndarray) -> Future[BatchResult]:
-        """Queue one input; returns a concurrent Future. Raises OverloadedError when the queue is full."""
+    def _check_shape(self, x: np.ndarray) -> None:
         if self.input_shape is not None and tuple(x.shape) != tuple(self.input_shape):
             raise InvalidInputError(f"input shape {list(x.shape)} does not match the model input "
                                     f"{list(self.input_shape)}")
+
+    def _redeem(self, announcement: Announcement | None) -> None:
+        """Under _lock: the caller's announcement (given, or its context's) is now this item."""
+        announcement = announcement if announcement is not None else _ANNOUNCED.get()
+        if announcement is not None and announcement.batcher is self and announcement.open:
+            announcement.open = False  # this item is what was announced: nothing more to wait for
+            self._expected -= 1
+
+    def submit_nowait(self, x: np.ndarray, announcement: Announcement | None = None) -> Future[BatchResult]:
+        """Queue one input; returns a concurrent Future. Raises OverloadedError when the queue is full."""
+        self._check_shape(x)
         item = _Item(x=x, future=Future())
         with self._lock:
             if not self._accepting:
@@ -172,12 +201,33 @@ class DynamicBatcher:
             self._pending += 1
             depth = self._pending
             self._queue.put(item)  # unbounded queue: never blocks; the limit is _pending
-            announcement = _ANNOUNCED.get()
-            if announcement is not None and announcement.batcher is self and announcement.open:
-                announcement.open = False  # this item is what was announced: nothing more to wait for
-                self._expected -= 1
+            self._redeem(announcement)
             self._changed.notify()
         self.observer.on_queue_depth(depth)
+        return item.future
+
+    def submit_or_run(self, x: np.ndarray, announcement: Announcement | None = None) -> Future[BatchResult]:
+        """Like ``submit_nowait``, but when the batcher is idle (nothing queued, no batch running, no other
+        caller announced) the input runs at once in the calling thread, as a batch of one, and the returned
+        Future is already resolved. Call it from a worker thread (a decode thread), never from an event loop:
+        the model call blocks."""
+        self._check_shape(x)
+        with self._lock:
+            own = announcement if announcement is not None else _ANNOUNCED.get()
+            own_open = own is not None and own.batcher is self and own.open
+            others_announced = self._expected - (1 if own_open else 0)
+            inline = self._accepting and not self._busy and self._pending == 0 and others_announced == 0
+            if inline:
+                self._busy = True  # the worker waits for this call before it runs a batch
+                self._redeem(own)
+                self._changed.notify()
+        if not inline:
+            return self.submit_nowait(x, announcement)
+        item = _Item(x=x, future=Future())
+        try:
+            self._run_batch_safely([item])
+        finally:
+            self._release_model()
         return item.future
 
     async def submit(self, x: np.ndarray) -> BatchResult:
@@ -189,7 +239,7 @@ class DynamicBatcher:
         early when the queue is empty and no caller has announced more."""
         first = self._queue.get()
         if first is _STOP:
-            return [], True
+            return [], True  # nothing taken, the model not claimed
         batch: list[_Item] = [first]  # type: ignore[list-item]
         deadline = time.monotonic() + self.max_delay_s
         stop = False
@@ -209,21 +259,44 @@ class DynamicBatcher:
                 break
             batch.append(item)  # type: ignore[arg-type]
         with self._lock:
+            # wait for an inline call first: meanwhile the taken items still count against the queue limit,
+            # and no inline call starts between taking them and running them
+            self._claim_model()
             self._pending -= len(batch)
             depth = self._pending
         self.observer.on_queue_depth(depth)
         return batch, stop
+
+    def _claim_model(self) -> None:
+        """Under _lock: wait for an inline call to finish, then mark the model busy (one call at a time)."""
+        while self._busy:
+            self._idle.wait()
+        self._busy = True
+
+    def _release_model(self) -> None:
+        with self._lock:
+            self._busy = False
+            self._idle.notify_all()
+
+    def _run_exclusive(self, batch: list[_Item]) -> None:
+        """Run a batch the worker has claimed the model for, then release it."""
+        try:
+            self._run_batch_safely(batch)
+        finally:
+            self._release_model()
 
     def _run(self) -> None:
         stop = False
         while not stop:
             batch, stop = self._take()
             if batch:
-                self._run_batch_safely(batch)
+                self._run_exclusive(batch)
         # defensive: stop() queues the sentinel after every accepted item, so nothing should be left
         leftovers = [item for item in iter_queue(self._queue) if item is not _STOP]
         for start in range(0, len(leftovers), self.max_batch_size):
-            self._run_batch_safely(leftovers[start : start + self.max_batch_size])  # type: ignore[arg-type]
+            with self._lock:
+                self._claim_model()
+            self._run_exclusive(leftovers[start : start + self.max_batch_size])  # type: ignore[arg-type]
 
     def _run_batch_safely(self, batch: list[_Item]) -> None:
         """The worker thread must outlive any bug in a batch (or in a metrics hook): a dead worker would leave

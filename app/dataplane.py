@@ -1,21 +1,23 @@
 """The transport-neutral core: bytes -> decode -> preprocess -> batcher -> model -> result.
 
 REST routes (/predict and the v2 protocol) only parse requests and shape responses; they all call here.
-CPU work (decode, preprocess) runs in a thread pool, never on the event loop.
+CPU work (decode, preprocess) runs in a thread pool, never on the event loop. The decode thread hands its input
+to the batcher itself (``submit_or_run``): a lone image runs there at once, one under load joins a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.audit.ticket import Ticket
-from app.batching import BatchResult
+from app.batching import Announcement, BatchResult
 from app.errors import InvalidInputError, NotAChestXrayError, NotReadyError
 from app.explain import ExplainerCache, Explanation
 from app.gate import GateResult
@@ -129,6 +131,25 @@ class DataPlane:
         x = preprocess(image, spec)
         return Prepared(x, time.perf_counter() - started, verdict, warnings, image.shape[:2])
 
+    def _prepare_and_submit(self, data: bytes, model: ServingModel, *, ticket: Ticket | None,
+                            announcement: Announcement, slot: list[Future[BatchResult]], inline: bool
+                            ) -> tuple[Prepared, tuple[ServingModel, Future[BatchResult]]]:
+        """In a decode thread: prepare, then hand the input to the batcher from here (no hop back to the event
+        loop first); with ``inline``, an idle batcher runs it in this thread at once."""
+        prepared = self._prepare(data, model, ticket)
+        try:
+            submit = model.batcher.submit_or_run if inline else model.batcher.submit_nowait
+            submitted = model, submit(prepared.x, announcement)
+        except NotReadyError:
+            # the model was swapped by a reload between lookup and submit: run on the new one
+            current = self.manager.current
+            if current is model:
+                raise
+            submit = current.batcher.submit_or_run if inline else current.batcher.submit_nowait
+            submitted = current, submit(prepared.x)
+        slot.append(submitted[1])
+        return prepared, submitted
+
     async def predict_image(self, data: bytes, model: ServingModel | None = None, ticket: Ticket | None = None,
                             *, explain: bool = False) -> Prediction:
         """Encoded image bytes -> prediction with the active model (or the one given). ``ticket``: the audit
@@ -137,10 +158,19 @@ class DataPlane:
         started = time.perf_counter()
         model = model or self.manager.current
         loop = asyncio.get_running_loop()
-        with model.batcher.expecting():  # the batcher may wait (up to max delay) for this image while it decodes
-            prepared = await loop.run_in_executor(self.pool, self._prepare, data, model, ticket)
-            self.metrics.stage.labels("decode", model.metadata.name).observe(prepared.decode_s)
-            submitted = self._submit(prepared.x, model)
+        slot: list[Future[BatchResult]] = []  # the submitted item, to cancel should this request be cancelled
+        # the batcher may wait (up to max delay) for this image while it decodes. Not inline with explain: the
+        # Grad-CAM map (a decode thread) then runs beside the model call (the batcher's thread)
+        with model.batcher.expecting() as announcement:
+            try:
+                prepared, submitted = await loop.run_in_executor(self.pool, functools.partial(
+                    self._prepare_and_submit, data, model, ticket=ticket, announcement=announcement, slot=slot,
+                    inline=not explain))
+            except asyncio.CancelledError:
+                for future in slot:
+                    future.cancel()  # not yet computed: the batcher drops it
+                raise
+        self.metrics.stage.labels("decode", model.metadata.name).observe(prepared.decode_s)
         explaining = loop.run_in_executor(self.pool, self.explainers.explain, model, prepared.x,
                                           prepared.image_shape, self.settings.explain_overlay_max_side) \
             if explain else None  # refused images never get here: no map
@@ -179,20 +209,21 @@ class DataPlane:
             ticket.prediction = prediction
         return prediction
 
-    def _submit(self, x: np.ndarray, model: ServingModel) -> tuple[ServingModel, asyncio.Future[BatchResult]]:
+    def _submit(self, x: np.ndarray, model: ServingModel) -> tuple[ServingModel, Future[BatchResult]]:
         try:
-            return model, asyncio.wrap_future(model.batcher.submit_nowait(x))
+            return model, model.batcher.submit_nowait(x)
         except NotReadyError:
             # the model was swapped by a reload between lookup and submit: run on the new one
             current = self.manager.current
             if current is model:
                 raise
-            return current, asyncio.wrap_future(current.batcher.submit_nowait(x))
+            return current, current.batcher.submit_nowait(x)
 
-    async def _finish(self, submitted: tuple[ServingModel, asyncio.Future[BatchResult]], decode_s: float,
+    async def _finish(self, submitted: tuple[ServingModel, Future[BatchResult]], decode_s: float,
                       started: float) -> Prediction:
         model, future = submitted
-        result = await future
+        # run inline in the decode thread: already resolved, no need to chain it onto the loop
+        result = future.result() if future.done() else await asyncio.wrap_future(future)
         name = model.metadata.name
         self.metrics.stage.labels("queue", name).observe(result.queue_s)
         self.metrics.stage.labels("inference", name).observe(result.inference_s)

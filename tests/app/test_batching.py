@@ -375,3 +375,133 @@ def test_submit_before_start_is_refused():
     batcher = DynamicBatcher(Model(), max_batch_size=2, max_delay_s=0, queue_limit=2)
     with pytest.raises(NotReadyError):
         asyncio.run(batcher.submit(item(1)))
+
+
+# -- submit_or_run: a lone request runs in the caller's thread, without the worker --------------------------
+class ThreadModel(Model):
+    """Also records the thread of every call and the most calls it ever saw running at once."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.threads: list[str] = []
+        self.running = 0
+        self.most_at_once = 0
+        self._count = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._count:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.threads.append(threading.current_thread().name)
+        try:
+            return super().__call__(batch)
+        finally:
+            with self._count:
+                self.running -= 1
+
+
+def in_thread(fn: Callable[[], object], name: str) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), name=name)
+    thread.start()
+    return thread, out
+
+
+def test_a_lone_request_runs_in_the_callers_thread_not_the_worker():
+    model = ThreadModel()
+    seen: list[int] = []
+    batcher = make(model, name="worker", observer=BatchObserver(on_batch=lambda size, s: seen.append(size)))
+    with batcher.expecting() as announcement:
+        future = batcher.submit_or_run(item(3), announcement)
+        assert future.done(), "an idle batcher answers before submit_or_run returns"
+    result = future.result()
+    np.testing.assert_array_equal(result.output, [3, 6])
+    assert result.batch_size == 1
+    assert model.threads == [threading.current_thread().name]
+    assert seen == [1]  # the batch size histogram still sees it
+    assert batcher.expected == 0 and batcher.depth == 0
+    batcher.stop()
+
+
+def test_under_load_submit_or_run_queues_and_batches_still_form():
+    model = ThreadModel()
+    model.gate.clear()  # the first (inline) call holds the model
+    batcher = make(model, name="worker", max_batch_size=8)
+    first, first_out = in_thread(lambda: batcher.submit_or_run(item(0)).result(), "decode-a")
+    assert model.entered.wait(5)
+    # the model is busy: these are queued, not run inline (nor concurrently with the running call)
+    futures = [batcher.submit_or_run(item(v)) for v in (1, 2, 3, 4)]
+    assert not any(f.done() for f in futures)
+    assert batcher.depth == 4
+    model.gate.set()
+    first.join(10)
+    assert [float(r.output[0]) for r in (first_out[0], *(f.result(10) for f in futures))] == [0, 1, 2, 3, 4]
+    assert model.sizes() == [1, 4]  # one batch of the four queued while the first ran
+    assert model.threads == ["decode-a", "worker"]
+    assert model.most_at_once == 1  # one model call at a time
+    batcher.stop()
+
+
+def test_an_item_queued_while_the_worker_waits_for_announced_work_joins_that_batch():
+    model = ThreadModel()
+    batcher = make(model, name="worker", max_delay_s=0.3)
+
+    async def main() -> list[int]:
+        with announced_elsewhere(batcher):  # another request is still decoding (until after both answers)
+            with batcher.expecting() as announcement:
+                first = batcher.submit_or_run(item(1), announcement)  # someone else announced: queued
+            assert not first.done()
+            second = batcher.submit_or_run(item(2))  # the worker holds the first: this joins it
+            results = await asyncio.gather(asyncio.wrap_future(first), asyncio.wrap_future(second))
+        return [r.batch_size for r in results]
+
+    assert asyncio.run(main()) == [2, 2]  # one batch, run by the worker once the delay passed
+    assert model.threads == ["worker"]
+    batcher.stop()
+
+
+def test_a_failing_inline_call_fails_only_its_request():
+    model = ThreadModel(fail_if=lambda batch: bool((batch == -1).any()))
+    batcher = make(model)
+    with pytest.raises(InferenceError):
+        batcher.submit_or_run(item(-1)).result()
+    assert float(batcher.submit_or_run(item(5)).result().output[0]) == 5  # and the batcher goes on
+    assert float(asyncio.run(batcher.submit(item(6))).output[0]) == 6  # the worker too
+    batcher.stop()
+
+
+def test_stop_waits_for_an_inline_call_and_then_refuses_new_work():
+    model = ThreadModel()
+    model.gate.clear()
+    batcher = make(model)
+    caller, out = in_thread(lambda: batcher.submit_or_run(item(7)).result(), "decode-a")
+    assert model.entered.wait(5)
+    stopper, _ = in_thread(lambda: batcher.stop(10), "stopper")
+    stopper.join(0.2)
+    assert stopper.is_alive(), "stop() must not return while an accepted inline call is still running"
+    with pytest.raises(NotReadyError):
+        batcher.submit_or_run(item(8))
+    model.gate.set()
+    stopper.join(10)
+    caller.join(10)
+    assert not stopper.is_alive()
+    assert float(out[0].output[0]) == 7  # type: ignore[attr-defined]
+    assert not batcher.running
+
+
+def test_items_the_worker_holds_while_an_inline_call_runs_still_count_against_the_queue_limit():
+    model = ThreadModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=1, queue_limit=1)
+    caller, _ = in_thread(lambda: batcher.submit_or_run(item(0)).result(), "decode-a")
+    assert model.entered.wait(5)
+    waiting = batcher.submit_or_run(item(1))  # queued; the worker takes it and waits for the model
+    time.sleep(0.05)
+    assert batcher.depth == 1
+    with pytest.raises(OverloadedError):
+        batcher.submit_or_run(item(2))
+    model.gate.set()
+    caller.join(10)
+    assert float(waiting.result(10).output[0]) == 1
+    assert model.most_at_once == 1
+    batcher.stop()
