@@ -58,10 +58,14 @@ def wait_ready(servers: dict[str, Server], timeout: float = 300) -> None:
 
 
 def alternate(servers: dict[str, Server], upload: Any, *, connections: int, duration: int, warmup: int,
-              rounds: int, workdir: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """req/s and server CPU-ms per answer of each server, one entry per round."""
+              rounds: int, workdir: Path, p50_ms: dict[str, list[float]] | None = None
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """req/s and server CPU-ms per answer of each server, one entry per round (and wrk's p50 latency in ms into
+    ``p50_ms`` where given)."""
     results: dict[str, list[float]] = {name: [] for name in servers}
     cpu_ms: dict[str, list[float]] = {name: [] for name in servers}
+    if p50_ms is not None:
+        p50_ms.update({name: [] for name in servers})
     for round_no in range(rounds):
         order = list(servers) if round_no % 2 == 0 else list(reversed(servers))  # ABBA: drifts cancel
         for name in order:
@@ -85,6 +89,10 @@ def alternate(servers: dict[str, Server], upload: Any, *, connections: int, dura
             bad = {k: v for k, v in load["statuses"].items() if not str(k).startswith("2")}
             results[name].append(ok / (load["duration_us"] / 1e6))
             cpu_ms[name].append(1000 * cpu / max(ok, 1))
+            p50 = load["latency_us"]["percentiles"]["50"] / 1000
+            if p50_ms is not None:
+                p50_ms[name].append(p50)
             print(f"  round {round_no + 1} {name:12s} {results[name][-1]:8.1f} req/s {cpu_ms[name][-1]:7.2f} "
-                  "CPU-ms/request" + (f"  non-2xx {bad}" if bad else ""))
+                  f"CPU-ms/request  p50 {p50:7.2f} ms  load {os.getloadavg()[0]:.2f}"
+                  + (f"  non-2xx {bad}" if bad else ""))
     return results, cpu_ms

@@ -1,0 +1,86 @@
+"""Two versions of cxr-serve's code against each other in one run: a committed revision (``--base``, default
+HEAD) against the working tree, same settings, same upload, the A/B loop of ``benchmarks/ab.py`` (ABBA turns,
+the idle server frozen). For measuring a code change on a noisy shared machine: the CPU-ms per answer of each
+turn is the steadier reading, req/s and p50 are printed too.
+
+Usage: ``python benchmarks/ab_code.py --connections 1 --upload fullres`` (about 2 minutes), ``--base REV``,
+``--env CXR_GATE=off`` (both servers). The base revision is exported with ``git archive`` into a temporary
+folder and put first on its server's PYTHONPATH; both use this checkout's model store. Needs ``wrk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
+from benchmarks.servers import REPO, free_ports
+
+
+def export(rev: str) -> Path:
+    """The revision's files (no .git) in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="cxr-base-"))
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "app", "model_store"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as handle:
+        handle.write(archive)
+        handle.seek(0)
+        with tarfile.open(fileobj=handle) as tar:
+            tar.extractall(folder, filter="data")
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    load_arguments(parser)
+    parser.add_argument("--base", default="HEAD", help="the git revision to compare the working tree with")
+    parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for both servers")
+    args = parser.parse_args()
+    rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    base = export(args.base)
+    workdir, upload = prepare(args, "cxr-ab-code-")
+    shared = {**os.environ, **BASE_ENV, "CXR_MODEL_STORE": os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")),
+              **dict(item.split("=", 1) for item in args.env)}
+    port_a, port_b = free_ports(2)
+    names = (f"base {rev}", "working tree")
+    servers = {}
+    try:
+        servers[names[0]] = start("base", port_a, {**shared, "CXR_PORT": str(port_a),
+                                                   "CXR_AUDIT_PATH": str(workdir / "audit-base.db"),
+                                                   "PYTHONPATH": os.pathsep.join(filter(None, (
+                                                       str(base), shared.get("PYTHONPATH"))))}, workdir)
+        servers[names[1]] = start("tree", port_b, {**shared, "CXR_PORT": str(port_b),
+                                                   "CXR_AUDIT_PATH": str(workdir / "audit-tree.db")}, workdir)
+        wait_ready(servers)
+        print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
+              f"{args.rounds} rounds, load average {os.getloadavg()[0]:.2f}")
+        p50: dict[str, list[float]] = {}
+        results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
+                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir, p50_ms=p50)
+        for name in names:
+            print(f"median {name:14s} {statistics.median(results[name]):8.1f} req/s "
+                  f"{statistics.median(cpu_ms[name]):7.2f} CPU-ms/request  p50 {statistics.median(p50[name]):7.2f} ms")
+        a, b = names
+        print(f"working tree / base: req/s {statistics.median(results[b]) / statistics.median(results[a]):.3f}, "
+              f"CPU per request {statistics.median(cpu_ms[b]) / statistics.median(cpu_ms[a]):.3f}, "
+              f"p50 {statistics.median(p50[b]) - statistics.median(p50[a]):+.2f} ms; load average "
+              f"{os.getloadavg()[0]:.2f}")
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
