@@ -4,7 +4,9 @@ the idle server frozen). For measuring a code change on a noisy shared machine: 
 turn is the steadier reading, req/s and p50 are printed too.
 
 Usage: ``python benchmarks/ab_code.py --connections 1 --upload fullres`` (about 2 minutes), ``--base REV``,
-``--env CXR_GATE=off`` (both servers). The base revision is exported with ``git archive`` into a temporary
+``--env CXR_GATE=off`` (both servers), ``--tree-switch-interval 0.0005`` (the working tree's server runs with
+that ``sys.setswitchinterval``: with ``--base HEAD`` and a clean tree, an A/B of the interpreter's GIL switch
+interval alone). The base revision is exported with ``git archive`` into a temporary
 folder and put first on its server's PYTHONPATH; both use this checkout's model store. Needs ``wrk``.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
-from benchmarks.servers import REPO, free_ports
+from benchmarks.servers import REPO, Server, free_ports
 
 
 def export(rev: str) -> Path:
@@ -44,6 +46,8 @@ def main() -> int:
     load_arguments(parser)
     parser.add_argument("--base", default="HEAD", help="the git revision to compare the working tree with")
     parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for both servers")
+    parser.add_argument("--tree-switch-interval", type=float, help="sys.setswitchinterval for the working tree's "
+                        "server (seconds; Python's default is 0.005)")
     args = parser.parse_args()
     rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -59,8 +63,16 @@ def main() -> int:
                                                    "CXR_AUDIT_PATH": str(workdir / "audit-base.db"),
                                                    "PYTHONPATH": os.pathsep.join(filter(None, (
                                                        str(base), shared.get("PYTHONPATH"))))}, workdir)
-        servers[names[1]] = start("tree", port_b, {**shared, "CXR_PORT": str(port_b),
-                                                   "CXR_AUDIT_PATH": str(workdir / "audit-tree.db")}, workdir)
+        tree_env = {**shared, "CXR_PORT": str(port_b), "CXR_AUDIT_PATH": str(workdir / "audit-tree.db")}
+        if args.tree_switch_interval is None:
+            servers[names[1]] = start("tree", port_b, tree_env, workdir)
+        else:
+            names = (names[0], f"tree si={args.tree_switch_interval:g}")
+            code = (f"import sys; sys.setswitchinterval({args.tree_switch_interval!r}); from app.cli import main; "
+                    "sys.exit(main())")
+            servers[names[1]] = Server("tree", [sys.executable, "-c", code], tree_env, port_b, "/health/ready",
+                                       workdir / "tree.log", batch_stats="metrics")
+            servers[names[1]].start()
         wait_ready(servers)
         print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
               f"{args.rounds} rounds, load average {os.getloadavg()[0]:.2f}")
