@@ -17,6 +17,9 @@ class AugmentConfig:
     max_zoom: float = 0.08
     max_brightness: float = 0.08  # additive, fraction of full scale
     max_contrast: float = 0.12  # multiplicative around the mean
+    # anisotropic stretch, width x (1 + a) and height / (1 + a): films reach the model stretched to a square
+    # from whatever aspect ratio they had, so the network should not read anything into proportions
+    max_aspect: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -32,11 +35,15 @@ def augment(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) 
     angle = math.radians(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
     scale = 1.0 + rng.uniform(-config.max_zoom, config.max_zoom)
     tx, ty = rng.uniform(-config.max_shift, config.max_shift, size=2) * (w, h)
+    # drawn only when enabled, so runs without it keep their random sequence (and v1 stays reproducible)
+    aspect = 1.0 + rng.uniform(-config.max_aspect, config.max_aspect) if config.max_aspect else 1.0
+    sx, sy = scale * aspect, scale / aspect
     # inverse map (output -> input) about the image centre, as Image.transform expects
-    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    cos, sin = math.cos(angle), math.sin(angle)
+    a, b, d, e = cos / sx, sin / sy, -sin / sx, cos / sy
     cx, cy = w / 2, h / 2
-    coeffs = (cos, sin, cx - cos * (cx + tx) - sin * (cy + ty),
-              -sin, cos, cy + sin * (cx + tx) - cos * (cy + ty))
+    coeffs = (a, b, cx - a * (cx + tx) - b * (cy + ty),
+              d, e, cy - d * (cx + tx) - e * (cy + ty))
     moved = Image.fromarray(image).transform((w, h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
     out = np.asarray(moved, dtype=np.float32)
     mean = out.mean()

@@ -39,3 +39,16 @@ def test_zero_strength_augmentation_is_identity():
     image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
     still = AugmentConfig(0, 0, 0, 0, 0)
     np.testing.assert_array_equal(augment(image, still, np.random.default_rng(0)), image)
+
+
+def test_aspect_augmentation_stretches_one_axis_and_squeezes_the_other():
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[16:48, 16:48] = 255  # a centred 32x32 square
+    stretch = AugmentConfig(0, 0, 0, 0, 0, max_aspect=0.3)
+    ratios = []
+    for seed in range(12):
+        out = augment(image, stretch, np.random.default_rng(seed)) > 127
+        width, height = out.any(axis=0).sum(), out.any(axis=1).sum()
+        assert abs(int(width) * int(height) - 32 * 32) < 0.15 * 32 * 32  # area kept: no zoom
+        ratios.append(width / height)
+    assert min(ratios) < 0.9 and max(ratios) > 1.1
