@@ -32,7 +32,7 @@ def test_cxr_serve_process_serves_and_exits_cleanly_on_sigterm(shipped_model, fu
                                    headers={"X-Request-ID": "e2e-1"})
             assert response.status_code == 200, response.text
             body = response.json()
-            assert body["request_id"] == "e2e-1" and body["model"]["version"] == "1"
+            assert body["request_id"] == "e2e-1" and body["model"]["version"] == shipped_model.parent.name
             assert body["prediction"] in ("NORMAL", "PNEUMONIA")
             batch = client.post("/predict/batch", files=[("files", (p.name, p.read_bytes()))
                                                          for p in fullres_images[:4]])

@@ -13,17 +13,18 @@ from model_store.registry import DEFAULT_STORE
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_health(server):
+def test_health(server, reference):
     assert server.client.get("/health/live").json()["status"] == "alive"
     ready = server.client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json()["status"] == "ready" and ready.json()["model"]["version"] == "1"
+    assert ready.json()["status"] == "ready" and ready.json()["model"]["version"] == reference.metadata.version
 
 
 def test_models_describes_the_active_model(server, reference):
     body = server.client.get("/models").json()
     meta = reference.metadata
-    assert body["name"] == "pneumonia" and body["active_version"] == "1" and 1 in body["versions"]
+    version = reference.metadata.version  # the latest shipped version is the default
+    assert body["name"] == "pneumonia" and body["active_version"] == version and int(version) in body["versions"]
     assert body["class_names"] == meta.class_names
     assert body["decision_threshold"] == meta.decision_threshold
     assert body["preprocessing"] == meta.preprocessing.to_dict()
@@ -31,7 +32,7 @@ def test_models_describes_the_active_model(server, reference):
     assert body["device"] == "cpu" and body["max_batch_size"] == CPU_DEFAULT_BATCH
 
 
-def test_metrics_parse_and_cover_requests_stages_batches_and_the_model(server, fullres_images):
+def test_metrics_parse_and_cover_requests_stages_batches_and_the_model(server, fullres_images, reference):
     for path in fullres_images[:3]:
         assert server.client.post("/predict", files={"file": (path.name, path.read_bytes())}).status_code == 200
     server.client.get("/nowhere/secret-probe")
@@ -51,7 +52,8 @@ def test_metrics_parse_and_cover_requests_stages_batches_and_the_model(server, f
     assert 1 <= batch_count <= batch_sum
     assert families["cxr_queue_depth"].type == "gauge"
     info = next(s for s in samples["cxr_model_info"] if s.name == "cxr_model_info")
-    assert info.labels["name"] == "pneumonia" and info.labels["version"] == "1" and len(info.labels["sha256"]) == 64
+    assert info.labels["name"] == "pneumonia" and info.labels["version"] == reference.metadata.version
+    assert len(info.labels["sha256"]) == 64
     assert [s.value for s in samples["cxr_ready"]] == [1.0]
     assert [s for s in samples["cxr_http_request_duration_seconds"] if s.labels.get("route") == "/predict"]
     assert 'route="unmatched"' in text and "secret-probe" not in text  # unknown paths never become labels

@@ -90,3 +90,13 @@ def test_cli_trains_members_then_exports_a_calibrated_ensemble(mnist_npz, tmp_pa
         assert (exported.path.parent / name).is_file(), name
     header = (exported.path.parent / "history.csv").read_text().splitlines()[0]
     assert "m1_val_loss" in header and "m2_val_loss" in header
+
+    # the same finalize path recalibrates a member without retraining: same weights, new temperature
+    from training.recalibrate import main as recalibrate_main
+
+    assert recalibrate_main(["--model", str(paths[0]), "--data", str(mnist_npz), "--out", str(tmp_path / "recal"),
+                             "--store", str(tmp_path / "recal-store")]) == 0
+    recalibrated = load_artifact(ModelRegistry(tmp_path / "recal-store").resolve("pneumonia")[1])
+    assert recalibrated.metadata.metrics["recalibrated_from"]["sha256"] == load_artifact(paths[0]).sha256
+    np.testing.assert_allclose(np.asarray(recalibrated.model(x)), np.asarray(members[0](x)), atol=1e-6)
+    assert recalibrated.metadata.temperature > 0 and (recalibrated.path.parent / "reliability.png").is_file()
