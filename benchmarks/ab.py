@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import make_upload, pick_uploads, run_wrk
-from benchmarks.servers import REPO, Server, tree_cpu_seconds
+from benchmarks.servers import REPO, Server, machine_busy_seconds, tree_cpu_seconds
 
 # what every server of an A/B run shares: quiet logs, loopback, a short drain
 BASE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "127.0.0.1", "CXR_LOG_LEVEL": "warning",
@@ -58,14 +58,17 @@ def wait_ready(servers: dict[str, Server], timeout: float = 300) -> None:
 
 
 def alternate(servers: dict[str, Server], upload: Any, *, connections: int, duration: int, warmup: int,
-              rounds: int, workdir: Path, p50_ms: dict[str, list[float]] | None = None
+              rounds: int, workdir: Path, p50_ms: dict[str, list[float]] | None = None,
+              other_cores: dict[str, list[float]] | None = None
               ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """req/s and server CPU-ms per answer of each server, one entry per round (and wrk's p50 latency in ms into
-    ``p50_ms`` where given)."""
+    ``p50_ms``, the cores everything else on the machine used meanwhile into ``other_cores``, where given)."""
     results: dict[str, list[float]] = {name: [] for name in servers}
     cpu_ms: dict[str, list[float]] = {name: [] for name in servers}
     if p50_ms is not None:
         p50_ms.update({name: [] for name in servers})
+    if other_cores is not None:
+        other_cores.update({name: [] for name in servers})
     for round_no in range(rounds):
         order = list(servers) if round_no % 2 == 0 else list(reversed(servers))  # ABBA: drifts cancel
         for name in order:
@@ -79,7 +82,11 @@ def alternate(servers: dict[str, Server], upload: Any, *, connections: int, dura
                 time.sleep(0.3)
                 assert server.proc is not None
                 cpu_before = tree_cpu_seconds(server.proc.pid)
+                busy_before = machine_busy_seconds()
                 load = run_wrk(url, upload, connections=connections, seconds=duration, threads=1, workdir=workdir)
+                busy = machine_busy_seconds() - busy_before
+                cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
+                elsewhere = max(0.0, busy - cpu - load["cpu_s"]) / (load["duration_us"] / 1e6)
                 time.sleep(0.3)  # the last batch (and any background writer) is counted too
                 cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
             finally:
@@ -92,7 +99,10 @@ def alternate(servers: dict[str, Server], upload: Any, *, connections: int, dura
             p50 = load["latency_us"]["percentiles"]["50"] / 1000
             if p50_ms is not None:
                 p50_ms[name].append(p50)
+            if other_cores is not None:
+                other_cores[name].append(elsewhere)
             print(f"  round {round_no + 1} {name:12s} {results[name][-1]:8.1f} req/s {cpu_ms[name][-1]:7.2f} "
-                  f"CPU-ms/request  p50 {p50:7.2f} ms  load {os.getloadavg()[0]:.2f}"
+                  f"CPU-ms/request  p50 {p50:7.2f} ms  server {cpu / (load['duration_us'] / 1e6):.2f} cores  "
+                  f"other {elsewhere:.2f} cores"
                   + (f"  non-2xx {bad}" if bad else ""))
     return results, cpu_ms

@@ -46,6 +46,10 @@ def main() -> int:
     load_arguments(parser)
     parser.add_argument("--base", default="HEAD", help="the git revision to compare the working tree with")
     parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for both servers")
+    parser.add_argument("--tree-env", nargs="*", default=[], help="NAME=VALUE settings for the working tree's "
+                        "server only (with --base HEAD: an A/B of a setting)")
+    parser.add_argument("--quiet-other", type=float, default=0.25, help="rounds in which the rest of the machine "
+                        "used at most this many cores are also summarised on their own")
     parser.add_argument("--tree-switch-interval", type=float, help="sys.setswitchinterval for the working tree's "
                         "server (seconds; Python's default is 0.005)")
     args = parser.parse_args()
@@ -63,7 +67,8 @@ def main() -> int:
                                                    "CXR_AUDIT_PATH": str(workdir / "audit-base.db"),
                                                    "PYTHONPATH": os.pathsep.join(filter(None, (
                                                        str(base), shared.get("PYTHONPATH"))))}, workdir)
-        tree_env = {**shared, "CXR_PORT": str(port_b), "CXR_AUDIT_PATH": str(workdir / "audit-tree.db")}
+        tree_env = {**shared, "CXR_PORT": str(port_b), "CXR_AUDIT_PATH": str(workdir / "audit-tree.db"),
+                    **dict(item.split("=", 1) for item in args.tree_env)}
         if args.tree_switch_interval is None:
             servers[names[1]] = start("tree", port_b, tree_env, workdir)
         else:
@@ -77,11 +82,20 @@ def main() -> int:
         print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
               f"{args.rounds} rounds, load average {os.getloadavg()[0]:.2f}")
         p50: dict[str, list[float]] = {}
+        other: dict[str, list[float]] = {}
         results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
-                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir, p50_ms=p50)
+                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir, p50_ms=p50,
+                                    other_cores=other)
         for name in names:
             print(f"median {name:14s} {statistics.median(results[name]):8.1f} req/s "
                   f"{statistics.median(cpu_ms[name]):7.2f} CPU-ms/request  p50 {statistics.median(p50[name]):7.2f} ms")
+        for name in names:  # the turns other work left alone: closest to a quiet machine
+            quiet = [i for i, o in enumerate(other[name]) if o <= args.quiet_other]
+            if quiet:
+                print(f"quiet turns ({len(quiet)} of {len(other[name])}, other <= {args.quiet_other:g} cores) "
+                      f"{name:14s} {statistics.median(results[name][i] for i in quiet):8.1f} req/s "
+                      f"{statistics.median(cpu_ms[name][i] for i in quiet):7.2f} CPU-ms/request  "
+                      f"p50 {statistics.median(p50[name][i] for i in quiet):7.2f} ms")
         a, b = names
         print(f"working tree / base: req/s {statistics.median(results[b]) / statistics.median(results[a]):.3f}, "
               f"CPU per request {statistics.median(cpu_ms[b]) / statistics.median(cpu_ms[a]):.3f}, "
