@@ -426,15 +426,16 @@ def test_a_lone_request_runs_in_the_callers_thread_not_the_worker():
 def test_under_load_submit_or_run_queues_and_batches_still_form():
     model = ThreadModel()
     model.gate.clear()  # the first (inline) call holds the model
-    batcher = make(model, name="worker", max_batch_size=8)
+    batcher = make(model, name="worker", max_batch_size=4, max_delay_s=5.0)
     first, first_out = in_thread(lambda: batcher.submit_or_run(item(0)).result(), "decode-a")
     assert model.entered.wait(5)
-    # the model is busy: these are queued, not run inline (nor concurrently with the running call)
-    futures = [batcher.submit_or_run(item(v)) for v in (1, 2, 3, 4)]
-    assert not any(f.done() for f in futures)
-    assert batcher.depth == 4
-    model.gate.set()
-    first.join(10)
+    with announced_elsewhere(batcher):  # more work on its way: the worker collects a full batch, whatever the timing
+        # the model is busy: these are queued, not run inline (nor concurrently with the running call)
+        futures = [batcher.submit_or_run(item(v)) for v in (1, 2, 3, 4)]
+        assert not any(f.done() for f in futures)
+        assert batcher.depth == 4
+        model.gate.set()
+        first.join(10)
     assert [float(r.output[0]) for r in (first_out[0], *(f.result(10) for f in futures))] == [0, 1, 2, 3, 4]
     assert model.sizes() == [1, 4]  # one batch of the four queued while the first ran
     assert model.threads == ["decode-a", "worker"]
