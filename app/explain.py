@@ -18,6 +18,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,9 @@ class Explanation:
 
 
 # -- the model side ------------------------------------------------------------------------------------------
-def graph_outputs(model: Any) -> dict[str, Any]:
-    """Layer name -> its output tensor in ``model``'s own graph, walked back from the model's outputs.
-
-    ``layer.output`` is not safe: it is the layer's FIRST call, and a model loaded from HDF5 has called each layer
-    several times while being rebuilt, so that tensor may belong to a stale graph that the model never runs."""
-    found: dict[str, Any] = {}
+def _walk_back(model: Any, stop: Callable[[Any], bool] = lambda operation: False) -> Iterator[tuple[Any, Any]]:
+    """(operation, its output tensor) for every tensor of ``model``'s own graph, walked back from the outputs;
+    the walk does not go past an operation for which ``stop`` is true."""
     seen: set[int] = set()
     stack = list(model.outputs)
     while stack:
@@ -76,8 +74,19 @@ def graph_outputs(model: Any) -> dict[str, Any]:
             continue
         seen.add(id(tensor))
         operation = history.operation
+        yield operation, tensor
+        if not stop(operation):
+            stack.extend(operation._inbound_nodes[history.node_index].input_tensors)
+
+
+def graph_outputs(model: Any) -> dict[str, Any]:
+    """Layer name -> its output tensor in ``model``'s own graph, walked back from the model's outputs.
+
+    ``layer.output`` is not safe: it is the layer's FIRST call, and a model loaded from HDF5 has called each layer
+    several times while being rebuilt, so that tensor may belong to a stale graph that the model never runs."""
+    found: dict[str, Any] = {}
+    for operation, tensor in _walk_back(model):
         found.setdefault(operation.name, tensor)
-        stack.extend(operation._inbound_nodes[history.node_index].input_tensors)
     return found
 
 
@@ -101,21 +110,13 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
 def branch_target_layers(model: Any) -> list[Any]:
     """The last convolution on every path into the output: one for a single network, one per member for an
     ensemble of side-by-side networks (training/ensemble.py), whose score is the mean of the members'."""
+    def is_conv(operation: Any) -> bool:
+        return type(operation).__name__ in CONV_CLASSES
+
     found: list[Any] = []
-    seen: set[int] = set()
-    stack = list(model.outputs)
-    while stack:
-        tensor = stack.pop()
-        history = getattr(tensor, "_keras_history", None)
-        if history is None or id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        operation = history.operation
-        if type(operation).__name__ in CONV_CLASSES:
-            if operation not in found:
-                found.append(operation)
-            continue  # stop at the branch's last convolution
-        stack.extend(operation._inbound_nodes[history.node_index].input_tensors)
+    for operation, _ in _walk_back(model, stop=is_conv):
+        if is_conv(operation) and operation not in found:
+            found.append(operation)
     order = {id(layer): index for index, layer in enumerate(model.layers)}
     return sorted(found, key=lambda layer: order.get(id(layer), 0))
 
