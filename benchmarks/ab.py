@@ -106,3 +106,13 @@ def alternate(servers: dict[str, Server], upload: Any, *, connections: int, dura
                   f"other {elsewhere:.2f} cores"
                   + (f"  non-2xx {bad}" if bad else ""))
     return results, cpu_ms
+
+
+def run_turns(servers: dict[str, Server], upload: Any, args: argparse.Namespace, workdir: Path, *, note: str = "",
+              p50_ms: dict[str, list[float]] | None = None, other_cores: dict[str, list[float]] | None = None
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The header every A/B script prints, then :func:`alternate` with the shared load arguments."""
+    print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
+          f"{args.rounds} rounds" + (f", {note}" if note else ""))
+    return alternate(servers, upload, connections=args.connections, duration=args.duration, warmup=args.warmup,
+                     rounds=args.rounds, workdir=workdir, p50_ms=p50_ms, other_cores=other_cores)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
+from benchmarks.ab import BASE_ENV, load_arguments, prepare, run_turns, start, wait_ready
 from benchmarks.servers import REPO, Server, free_ports
 
 
@@ -79,13 +79,10 @@ def main() -> int:
                                        workdir / "tree.log", batch_stats="metrics")
             servers[names[1]].start()
         wait_ready(servers)
-        print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
-              f"{args.rounds} rounds, load average {os.getloadavg()[0]:.2f}")
         p50: dict[str, list[float]] = {}
         other: dict[str, list[float]] = {}
-        results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
-                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir, p50_ms=p50,
-                                    other_cores=other)
+        results, cpu_ms = run_turns(servers, upload, args, workdir, note=f"load average {os.getloadavg()[0]:.2f}",
+                                    p50_ms=p50, other_cores=other)
         for name in names:
             print(f"median {name:14s} {statistics.median(results[name]):8.1f} req/s "
                   f"{statistics.median(cpu_ms[name]):7.2f} CPU-ms/request  p50 {statistics.median(p50[name]):7.2f} ms")

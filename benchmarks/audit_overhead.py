@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
+from benchmarks.ab import BASE_ENV, load_arguments, prepare, run_turns, start, wait_ready
 from benchmarks.servers import Server, free_ports, http_get
 
 
@@ -93,10 +93,8 @@ def main() -> int:
     try:
         wait_ready(servers)
         before = written(servers["audit on"])
-        print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
-              f"{args.rounds} rounds, store {args.audit_url or 'SQLite (default)'}")
-        results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
-                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir)
+        results, cpu_ms = run_turns(servers, upload, args, workdir,
+                                    note=f"store {args.audit_url or 'SQLite (default)'}")
         time.sleep(1.5)  # the writer's last batch
         after = written(servers["audit on"])
         on, off = statistics.median(results["audit on"]), statistics.median(results["audit off"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, alternate, load_arguments, prepare, start, wait_ready
+from benchmarks.ab import BASE_ENV, load_arguments, prepare, run_turns, start, wait_ready
 from benchmarks.servers import free_ports
 
 
@@ -38,10 +38,7 @@ def main() -> int:
                                                            else {})}, workdir)}
     try:
         wait_ready(servers)
-        print(f"upload {upload.label} ({upload.path.name}), {args.connections} connections, {args.duration} s x "
-              f"{args.rounds} rounds")
-        results, cpu_ms = alternate(servers, upload, connections=args.connections, duration=args.duration,
-                                    warmup=args.warmup, rounds=args.rounds, workdir=workdir)
+        results, cpu_ms = run_turns(servers, upload, args, workdir)
         on, off = statistics.median(results["gate on"]), statistics.median(results["gate off"])
         print(f"median: gate on {on:.1f} req/s, gate off {off:.1f} req/s, ratio {on / off:.3f} (target >= 0.85)")
         cpu_on, cpu_off = statistics.median(cpu_ms["gate on"]), statistics.median(cpu_ms["gate off"])
