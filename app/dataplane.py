@@ -137,16 +137,7 @@ class DataPlane:
         """In a decode thread: prepare, then hand the input to the batcher from here (no hop back to the event
         loop first); with ``inline``, an idle batcher runs it in this thread at once."""
         prepared = self._prepare(data, model, ticket)
-        try:
-            submit = model.batcher.submit_or_run if inline else model.batcher.submit_nowait
-            submitted = model, submit(prepared.x, announcement)
-        except NotReadyError:
-            # the model was swapped by a reload between lookup and submit: run on the new one
-            current = self.manager.current
-            if current is model:
-                raise
-            submit = current.batcher.submit_or_run if inline else current.batcher.submit_nowait
-            submitted = current, submit(prepared.x)
+        submitted = self._submit(prepared.x, model, announcement, inline=inline)
         slot.append(submitted[1])
         return prepared, submitted
 
@@ -209,15 +200,22 @@ class DataPlane:
             ticket.prediction = prediction
         return prediction
 
-    def _submit(self, x: np.ndarray, model: ServingModel) -> tuple[ServingModel, Future[BatchResult]]:
+    def _submit(self, x: np.ndarray, model: ServingModel, announcement: Announcement | None = None, *,
+                inline: bool = False) -> tuple[ServingModel, Future[BatchResult]]:
+        """Hand ``x`` to the model's batcher (``inline``: run it in this thread if the batcher is idle; only from
+        a decode thread). The announcement belongs to ``model``'s batcher, so it goes with the first try only."""
+        def submit(target: ServingModel, *args: Announcement | None) -> Future[BatchResult]:
+            batcher = target.batcher
+            return (batcher.submit_or_run if inline else batcher.submit_nowait)(x, *args)
+
         try:
-            return model, model.batcher.submit_nowait(x)
+            return model, submit(model, announcement)
         except NotReadyError:
             # the model was swapped by a reload between lookup and submit: run on the new one
             current = self.manager.current
             if current is model:
                 raise
-            return current, current.batcher.submit_nowait(x)
+            return current, submit(current)
 
     async def _finish(self, submitted: tuple[ServingModel, Future[BatchResult]], decode_s: float,
                       started: float) -> Prediction:
