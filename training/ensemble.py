@@ -155,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         split: {k: member.metadata.metrics[split].get(k) for k in ("roc_auc", "accuracy")}
         for split in sets if split in member.metadata.metrics}} for path, member in zip(args.members, loaded,
                                                                                          strict=True)]
+    histories = member_histories(args.members)
+    write_history_csv(out / "history.csv", histories)
+    calibrated.plots.append(write_member_curves(out, histories, len(loaded)))  # exported with the other plots
     report = {"members": members, "threshold_rule": calibrated.rule, "temperature": calibrated.temperature,
               "metrics": calibrated.results, "calibration": calibrated.calibration,
               "splits": split_counts(splits, sets.get("test")), "plots": calibrated.plots}
-    histories = member_histories(args.members)
-    write_history_csv(out / "history.csv", histories)
-    report["plots"].append(write_member_curves(out, histories, len(loaded)))
     write_report(out, report)
     print(json.dumps({"temperature": calibrated.temperature, "calibration": calibrated.calibration,
                       **{k: {m: v for m, v in r.items() if m != "confusion_matrix"}
@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "member_configs": [m.training["config"] for m in metadatas]}})
     metadata.dataset["splits"] = report["splits"]
     path, sha = export(model, metadata, calibrated, splits.val, store=args.store, version=args.version, out=out,
-                       extra_metrics={"ensemble": members}, files=("report.json", "history.csv",
-                                                                   "learning_curves.png"))
+                       extra_metrics={"ensemble": members}, files=("report.json", "history.csv"))
     print(f"exported {path} (sha256 {sha}, {path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
