@@ -1,10 +1,10 @@
-"""Augmentation that suits radiographs: small rotations, shifts, zoom, brightness/contrast; no flips
+"""Augmentation that suits radiographs: small rotations, shifts, zoom, brightness/contrast/gamma; no flips
 (left/right anatomy matters). Works on the decoded grayscale image, before the shared preprocessing."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,9 @@ class AugmentConfig:
     # anisotropic stretch, width x (1 + a) and height / (1 + a): films reach the model stretched to a square
     # from whatever aspect ratio they had, so the network should not read anything into proportions
     max_aspect: float = 0.0
+    # gamma = exp(U(-g, g)) on the [0, 1] scale: exposure and look-up-table differences between machines move
+    # the fixed binarize threshold through different anatomy, which a linear brightness shift does not imitate
+    max_log_gamma: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -27,6 +30,11 @@ class AugmentConfig:
     def scaled(self, factor: float) -> AugmentConfig:
         """Every range multiplied by ``factor`` (stronger or weaker augmentation)."""
         return AugmentConfig(**{k: v * factor for k, v in asdict(self).items()})
+
+    def with_intensity(self, factor: float, max_log_gamma: float) -> AugmentConfig:
+        """Brightness and contrast ranges multiplied by ``factor``, gamma range set; geometry unchanged."""
+        return replace(self, max_brightness=self.max_brightness * factor, max_contrast=self.max_contrast * factor,
+                       max_log_gamma=max_log_gamma)
 
 
 def augment(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
@@ -50,4 +58,7 @@ def augment(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) 
     contrast = 1.0 + rng.uniform(-config.max_contrast, config.max_contrast)
     brightness = rng.uniform(-config.max_brightness, config.max_brightness) * 255.0
     out = (out - mean) * contrast + mean + brightness
+    if config.max_log_gamma:  # drawn only when enabled, like the aspect
+        gamma = math.exp(rng.uniform(-config.max_log_gamma, config.max_log_gamma))
+        out = 255.0 * (np.clip(out, 0.0, 255.0) / 255.0) ** gamma
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -59,6 +59,10 @@ def _train_parser() -> argparse.ArgumentParser:
                    "subset, order, augmentation); members trained with one --seed share the validation split")
     g.add_argument("--augment-aspect", type=float, default=0.0,
                    help="anisotropic stretch range a: width x (1+a), height / (1+a) (0 = off, as v1)")
+    g.add_argument("--augment-intensity", type=float, default=1.0,
+                   help="multiply the brightness and contrast ranges by this (after --augment-scale)")
+    g.add_argument("--augment-gamma", type=float, default=0.0,
+                   help="gamma drawn as exp(U(-g, g)) before binarizing (0: off, v1's recipe)")
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--patience", type=int, default=5, help="early stopping patience (val_loss)")
     g.add_argument("--limit", type=int, help="use at most N images per class of each split (quick runs)")
@@ -106,8 +110,9 @@ def train_main(argv: list[str] | None = None) -> int:
     config = TrainConfig(spec=spec, model=model_config, balance=args.balance, epochs=args.epochs,
                          batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
                          member_seed=args.member_seed,
-                         augment=None if args.no_augment else replace(AugmentConfig().scaled(args.augment_scale),
-                                                                       max_aspect=args.augment_aspect),
+                         augment=None if args.no_augment else replace(
+                             AugmentConfig().scaled(args.augment_scale), max_aspect=args.augment_aspect
+                         ).with_intensity(args.augment_intensity, args.augment_gamma),
                          early_stopping_patience=args.patience, split=args.split, schedule=args.schedule,
                          warmup_epochs=args.warmup_epochs, verbose=0 if args.quiet else 2)
     if args.resume:  # the checkpoint's own configuration wins: resuming must not change the recipe

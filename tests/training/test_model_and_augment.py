@@ -52,3 +52,32 @@ def test_aspect_augmentation_stretches_one_axis_and_squeezes_the_other():
         assert abs(int(width) * int(height) - 32 * 32) < 0.15 * 32 * 32  # area kept: no zoom
         ratios.append(width / height)
     assert min(ratios) < 0.9 and max(ratios) > 1.1
+
+
+def test_gamma_augmentation_moves_mid_greys_and_keeps_black_and_white():
+    image = np.tile(np.array([0, 64, 128, 192, 255], dtype=np.uint8), (8, 1))
+    gamma_only = AugmentConfig(0, 0, 0, 0, 0, max_log_gamma=0.5)
+    mids = []
+    for seed in range(16):
+        out = augment(image, gamma_only, np.random.default_rng(seed)).astype(int)
+        assert (out[:, 0] == 0).all() and (out[:, -1] == 255).all()
+        assert (np.diff(out[0]) > 0).all()  # monotone: the order of grey levels is kept
+        mids.append(out[0, 2])
+    # the draw covers both directions around 128, within exp(+-0.5)
+    assert min(mids) < 118 and max(mids) > 138
+    assert 255 * (128 / 255) ** np.exp(0.5) - 1 <= min(mids) and max(mids) <= 255 * (128 / 255) ** np.exp(-0.5) + 1
+
+
+def test_gamma_off_keeps_the_random_sequence_of_earlier_recipes():
+    image = np.random.default_rng(1).integers(0, 256, (32, 32), dtype=np.uint8)
+    before = augment(image, AugmentConfig(), np.random.default_rng(7))
+    after = augment(image, AugmentConfig().with_intensity(1.0, 0.0), np.random.default_rng(7))
+    np.testing.assert_array_equal(before, after)
+
+
+def test_intensity_factor_scales_brightness_and_contrast_only():
+    base = AugmentConfig()
+    strong = base.with_intensity(2.5, 0.3)
+    assert strong.max_brightness == 2.5 * base.max_brightness and strong.max_contrast == 2.5 * base.max_contrast
+    assert strong.max_rotation_deg == base.max_rotation_deg and strong.max_zoom == base.max_zoom
+    assert strong.max_log_gamma == 0.3
