@@ -37,7 +37,7 @@ def test_geometric_perturbations_stretch_and_smooth():
     tall = aspect(1 / 1.3)(square) > 127
     assert tall.any(axis=1).sum() > 16 > tall.any(axis=0).sum()
     edge = blur(1.0)(square)[32, 20:28]
-    assert 0 < edge.max() and np.unique(edge).size > 2  # the hard edge became a ramp
+    assert edge.max() > 0 and np.unique(edge).size > 2  # the hard edge became a ramp
 
 
 def test_report_scores_the_unperturbed_set_like_plain_evaluation_and_every_perturbation():
