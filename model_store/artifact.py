@@ -287,6 +287,8 @@ def _compile_with_saved_optimizer(model: keras.Model, path: Path) -> None:
             values = [np.asarray(group[name]) for name in names]
     optimizer = keras.optimizers.deserialize(training_config["optimizer_config"])
     loss = training_config.get("loss")
+    if isinstance(loss, dict):  # a loss object (e.g. label smoothing), not a name
+        loss = keras.losses.deserialize(loss)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     optimizer.build(model.trainable_variables)
     if values:

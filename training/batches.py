@@ -9,13 +9,16 @@ from model_store.preprocessing import PreprocessingSpec, preprocess, to_unit_flo
 from training.augment import AugmentConfig, augment
 from training.data import ImageSet
 
+NUM_CLASSES = 2  # NORMAL, PNEUMONIA
+
 
 class ImageBatches(keras.utils.PyDataset):
     """Batches of (preprocessed images, labels[, sample weights]). Shuffles each epoch when training."""
 
     def __init__(self, images: ImageSet, spec: PreprocessingSpec, batch_size: int = 64, *,
                  augment_config: AugmentConfig | None = None, shuffle: bool = False, seed: int = 0,
-                 class_weight: dict[int, float] | None = None) -> None:
+                 class_weight: dict[int, float] | None = None, one_hot: bool = False,
+                 mixup_alpha: float = 0.0) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         self.images = images
         self.spec = spec
@@ -24,6 +27,8 @@ class ImageBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.class_weight = class_weight
+        self.one_hot = one_hot or bool(mixup_alpha)
+        self.mixup_alpha = mixup_alpha
         self.epoch = 0
         self.order = self._order()
 
@@ -52,11 +57,20 @@ class ImageBatches(keras.utils.PyDataset):
         indices = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
         rng = np.random.default_rng((self.seed, self.epoch, batch)) if self.augment_config else None
         x = np.stack([self.load(i, rng) for i in indices])
-        y = self.images.labels[indices]
-        if self.class_weight:
-            weights = np.asarray([self.class_weight[int(label)] for label in y], dtype=np.float32)
-            return x, y, weights
-        return x, y
+        labels = self.images.labels[indices]
+        y = np.eye(NUM_CLASSES, dtype=np.float32)[labels] if self.one_hot else labels
+        weights = (np.asarray([self.class_weight[int(label)] for label in labels], dtype=np.float32)
+                   if self.class_weight else None)
+        if self.mixup_alpha:
+            # its own stream, so switching mixup on leaves the augmentation draws as they were
+            mix = np.random.default_rng((self.seed, self.epoch, batch, 1))
+            lam = mix.beta(self.mixup_alpha, self.mixup_alpha, size=len(indices)).astype(np.float32)
+            partner = mix.permutation(len(indices))
+            x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+            y = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+            if weights is not None:
+                weights = lam * weights + (1 - lam) * weights[partner]
+        return (x, y) if weights is None else (x, y, weights)
 
     def all_inputs(self) -> np.ndarray:
         """Every image preprocessed, in order (for evaluation; no augmentation)."""

@@ -63,6 +63,9 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="multiply the brightness and contrast ranges by this (after --augment-scale)")
     g.add_argument("--augment-gamma", type=float, default=0.0,
                    help="gamma drawn as exp(U(-g, g)) before binarizing (0: off, v1's recipe)")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="blend training pairs, weight ~ Beta(ALPHA, ALPHA) (0: off; 0.2 is usual)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="soften the targets by this (0: off)")
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--patience", type=int, default=5, help="early stopping patience (val_loss)")
     g.add_argument("--limit", type=int, help="use at most N images per class of each split (quick runs)")
@@ -106,7 +109,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              threshold=args.threshold, mask_bottom_fraction=args.mask_bottom)
     model_config = ModelConfig(input_size=args.input_size, filters=tuple(int(f) for f in args.filters.split(",")),
                                dense_units=args.dense, dropout=args.dropout, l1=args.l1, learning_rate=args.lr,
-                               arch=args.arch, weight_decay=args.weight_decay, stem_pool=not args.no_stem_pool)
+                               arch=args.arch, weight_decay=args.weight_decay, stem_pool=not args.no_stem_pool,
+                               label_smoothing=args.label_smoothing)
     config = TrainConfig(spec=spec, model=model_config, balance=args.balance, epochs=args.epochs,
                          batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
                          member_seed=args.member_seed,
@@ -114,7 +118,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              AugmentConfig().scaled(args.augment_scale), max_aspect=args.augment_aspect
                          ).with_intensity(args.augment_intensity, args.augment_gamma),
                          early_stopping_patience=args.patience, split=args.split, schedule=args.schedule,
-                         warmup_epochs=args.warmup_epochs, verbose=0 if args.quiet else 2)
+                         warmup_epochs=args.warmup_epochs, mixup_alpha=args.mixup, verbose=0 if args.quiet else 2)
     if args.resume:  # the checkpoint's own configuration wins: resuming must not change the recipe
         from model_store.artifact import read_metadata
 
@@ -124,6 +128,9 @@ def train_main(argv: list[str] | None = None) -> int:
         config.member_seed = saved.get("member_seed")
         config.batch_size = saved["batch_size"]
         config.split = saved.get("split", "image")  # checkpoints from before patient splits split by image
+        # the compiled loss comes back with the checkpoint; the labels fed to it must match it
+        config.mixup_alpha = saved.get("mixup_alpha", 0.0)
+        config.model = replace(config.model, label_smoothing=saved["model"].get("label_smoothing", 0.0))
     train_set = _limit(load_split(args.data, "train"), args.limit)
     if args.cache:
         train_set = cached(train_set, config.spec, args.cache)

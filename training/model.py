@@ -20,6 +20,8 @@ class ModelConfig:
     # and global average pooling ("filters" = stem width, one width per block, last conv width)
     arch: str = "plain"
     weight_decay: float = 0.0
+    # softened targets (1 - s) + s / classes: a cap on confidence, against over-confident probabilities
+    label_smoothing: float = 0.0
     # batch-norm moving averages must keep up with fast-moving weights, or eval-mode outputs drift far from
     # training-mode ones (seen: validation stuck at "all PNEUMONIA" with Keras' default 0.99)
     bn_momentum: float = 0.9
@@ -31,8 +33,11 @@ class ModelConfig:
         return data
 
 
-def build_model(config: ModelConfig) -> keras.Model:
-    """The network ``config.arch`` names, compiled with Adam (AdamW-style decay when ``weight_decay``)."""
+def build_model(config: ModelConfig, one_hot: bool = False) -> keras.Model:
+    """The network ``config.arch`` names, compiled with Adam (AdamW-style decay when ``weight_decay``).
+
+    Labels are class indices, or one-hot / soft rows with ``one_hot`` (needed by mixup); label smoothing
+    implies one-hot labels."""
     if config.arch == "sepres":
         model = _build_sepres(config)
     elif config.arch == "plain":
@@ -40,7 +45,10 @@ def build_model(config: ModelConfig) -> keras.Model:
     else:
         raise ValueError(f"arch must be 'plain' or 'sepres', got {config.arch!r}")
     optimizer = keras.optimizers.Adam(config.learning_rate, weight_decay=config.weight_decay or None)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"
+    if one_hot or config.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model
 
 

@@ -49,6 +49,8 @@ class TrainConfig:
     split: str = "patient"  # "patient": validation carved by patient (grouped); "image": v1's image-level split
     schedule: str = "plateau"  # "plateau": reduce on val_loss plateau; "cosine": cosine decay over the epochs
     warmup_epochs: int = 0
+    # mixup (Zhang et al. 2018): each training pair blended with a partner from its batch, weight ~ Beta(a, a)
+    mixup_alpha: float = 0.0
     verbose: int = 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,8 +60,12 @@ class TrainConfig:
             "seed": self.seed, "augment": self.augment.to_dict() if self.augment else None,
             "early_stopping_patience": self.early_stopping_patience, "lr_patience": self.lr_patience,
             "lr_factor": self.lr_factor, "split": self.split, "schedule": self.schedule,
-            "warmup_epochs": self.warmup_epochs, "member_seed": self.member_seed,
+            "warmup_epochs": self.warmup_epochs, "member_seed": self.member_seed, "mixup_alpha": self.mixup_alpha,
         }
+
+    @property
+    def one_hot_labels(self) -> bool:
+        return bool(self.mixup_alpha or self.model.label_smoothing)
 
     @property
     def run_seed(self) -> int:
@@ -162,12 +168,13 @@ def fit(splits: Splits, config: TrainConfig, out_dir: str | Path, resume: str | 
         log.info("resuming from %s at epoch %d (optimizer iterations %d)", resume, initial_epoch,
                  int(model.optimizer.iterations))
     else:
-        model = build_model(config.model)
+        model = build_model(config.model, one_hot=config.one_hot_labels)
 
     train_batches = ImageBatches(splits.train, config.spec, config.batch_size, augment_config=config.augment,
-                                 shuffle=True, seed=config.run_seed, class_weight=splits.class_weight)
+                                 shuffle=True, seed=config.run_seed, class_weight=splits.class_weight,
+                                 one_hot=config.one_hot_labels, mixup_alpha=config.mixup_alpha)
     train_batches.epoch = initial_epoch
-    val_batches = ImageBatches(splits.val, config.spec, config.batch_size)
+    val_batches = ImageBatches(splits.val, config.spec, config.batch_size, one_hot=config.one_hot_labels)
     checkpoint = ArtifactCheckpoint(out, lambda state: build_metadata(config, splits, state), history,
                                     best_val_loss)
     timer = EpochTimer()

@@ -81,3 +81,38 @@ def test_intensity_factor_scales_brightness_and_contrast_only():
     assert strong.max_brightness == 2.5 * base.max_brightness and strong.max_contrast == 2.5 * base.max_contrast
     assert strong.max_rotation_deg == base.max_rotation_deg and strong.max_zoom == base.max_zoom
     assert strong.max_log_gamma == 0.3
+
+
+def test_mixup_blends_inputs_labels_and_weights_with_one_draw_per_pair():
+    from model_store.preprocessing import PreprocessingSpec
+    from training.batches import ImageBatches
+    from training.data import ImageSet
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 8)
+    images = ImageSet(labels=labels, arrays=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8))
+    spec = PreprocessingSpec(input_size=16)
+    plain = ImageBatches(images, spec, 16, one_hot=True, class_weight={0: 2.0, 1: 1.0})
+    mixed = ImageBatches(images, spec, 16, mixup_alpha=0.4, class_weight={0: 2.0, 1: 1.0})
+    x0, y0, w0 = plain[0]
+    x, y, w = mixed[0]
+    np.testing.assert_array_equal(y0, np.eye(2)[labels])
+    assert np.allclose(y.sum(axis=1), 1.0) and ((y > 0) & (y < 1)).any()  # soft rows, still distributions
+    assert set(np.unique(x0)) <= {0.0, 1.0} and len(np.unique(x)) > 2  # blended binary images
+    # each sample is lam * own + (1 - lam) * a partner's, for its input, label and weight with ONE lam
+    for i in range(16):
+        found = False
+        for j in range(16):
+            differ = x0[i] != x0[j]
+            if not differ.any():
+                continue
+            lams = (x[i] - x0[j])[differ] / (x0[i] - x0[j])[differ]
+            if np.ptp(lams) < 1e-5:
+                lam = lams.mean()
+                assert np.allclose(y[i], lam * y0[i] + (1 - lam) * y0[j], atol=1e-5)
+                assert np.isclose(w[i], lam * w0[i] + (1 - lam) * w0[j], atol=1e-5)
+                found = True
+                break
+        assert found, i
+    assert ((w >= 1.0) & (w <= 2.0)).all() and not np.allclose(w, w0)
+    np.testing.assert_array_equal(mixed[0][0], x)  # seeded: the same batch again is the same blend

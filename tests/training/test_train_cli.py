@@ -84,3 +84,23 @@ def test_v2_recipe_calibrates_on_validation_and_evaluate_reproduces_it(mnist_npz
     printed = json.loads(capsys.readouterr().out)
     assert printed["confusion_matrix"] == meta.metrics["test"]["confusion_matrix"]
     assert printed["roc_auc"] == pytest.approx(meta.metrics["test"]["roc_auc"])
+
+
+def test_mixup_and_label_smoothing_train_resume_and_export(mnist_npz, tmp_path):
+    """Soft labels through the whole CLI: the loss is compiled with the smoothing, a resume brings the same loss
+    back (without repeating the flags) and feeds it matching labels, and the export is a normal artifact."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    assert train_main(["--data", str(mnist_npz), "--out", str(run), "--epochs", "1", "--no-export",
+                       "--mixup", "0.2", "--label-smoothing", "0.1", *TINY]) == 0
+    first = load_artifact(run / LAST_CHECKPOINT, compile=True)
+    assert first.model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    config = first.metadata.training["config"]
+    assert config["mixup_alpha"] == 0.2 and config["model"]["label_smoothing"] == 0.1
+
+    assert train_main(["--data", str(mnist_npz), "--out", str(run), "--epochs", "2", "--store", str(store),
+                       "--resume", str(run / LAST_CHECKPOINT), *TINY]) == 0
+    resumed = load_artifact(run / LAST_CHECKPOINT, compile=True)
+    assert resumed.metadata.training["epoch"] == 2
+    assert resumed.metadata.training["config"]["mixup_alpha"] == 0.2
+    _, path = ModelRegistry(store).resolve("pneumonia")
+    assert load_artifact(path).metadata.decision_threshold > 0
