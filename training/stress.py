@@ -1,11 +1,11 @@
 """Validation under simulated acquisition shift: the same validation films, each re-rendered as another
 machine might have (exposure, contrast, gamma, blur, aspect), scored through the shared preprocessing.
 
-Why: with the fixed binarize threshold the model input depends strongly on exposure and processing, and on this
-data plain validation AUC is saturated (0.98-0.997 for every candidate, 134 normal films) and ranked round 3's
-networks opposite to the test split. A stressed figure asks the question that matters for another hospital
-without touching any test split. The perturbations are generic and fixed here; they were not derived from
-test images.
+Why: with the fixed binarize threshold the model input depends strongly on exposure and processing, and on
+this data plain validation AUC is saturated (0.98-0.997 for every candidate, 134 normal films) and did not rank
+round 3's networks as the test split did. A stressed figure asks the question that matters for another
+hospital without touching any test split. The perturbations are generic and fixed here; they were not derived
+from test images. (In round 4 it ranked the candidates much as plain validation did: docs/training.md.)
 
     python -m training.stress --models runs/a/checkpoint_best.h5 runs/b/model.h5 --data ../shared/data/chest_xray_224
 """
