@@ -85,8 +85,9 @@ def alternate(servers: dict[str, Server], upload: Any, *, connections: int, dura
                 busy_before = machine_busy_seconds()
                 load = run_wrk(url, upload, connections=connections, seconds=duration, threads=1, workdir=workdir)
                 busy = machine_busy_seconds() - busy_before
-                cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
-                elsewhere = max(0.0, busy - cpu - load["cpu_s"]) / (load["duration_us"] / 1e6)
+                # over wrk's window only: what the rest of the machine did while this server was measured
+                cpu_in_window = tree_cpu_seconds(server.proc.pid) - cpu_before
+                elsewhere = max(0.0, busy - cpu_in_window - load["cpu_s"]) / (load["duration_us"] / 1e6)
                 time.sleep(0.3)  # the last batch (and any background writer) is counted too
                 cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
             finally:
