@@ -17,7 +17,7 @@ from image_factory import make_dicom
 from PIL import Image
 
 from app.dataplane import NOTICE
-from app.explain import GRID_SIZE, find_target_layer
+from app.explain import GRID_SIZE, branch_target_layers
 from app.settings import Settings
 from model_store.artifact import ModelMetadata, save_artifact
 from model_store.preprocessing import PreprocessingSpec
@@ -76,7 +76,8 @@ def test_explain_true_adds_a_grid_and_an_overlay_on_the_upload_geometry(explaini
     assert body["prediction"] == plain.json()["prediction"]
     explanation = body["explanation"]
     assert explanation["method"] == "grad-cam"
-    assert explanation["layer"] == find_target_layer(reference.model).name
+    # the last convolution of every branch: one for a single network, one per member of an ensemble (v2)
+    assert explanation["layer"] == "+".join(layer.name for layer in branch_target_layers(reference.model))
     grid = np.array(explanation["grid"])
     assert grid.shape == (GRID_SIZE, GRID_SIZE) and grid.min() >= 0 and 0.5 < grid.max() <= 1
     overlay = Image.open(io.BytesIO(base64.b64decode(explanation["overlay_png"])))

@@ -50,8 +50,23 @@ def test_inputs(artifact, xray_224_dir) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def synthetic(artifact) -> golden.GoldenSet:
+def golden_set(artifact) -> golden.GoldenSet:
+    """What the service verifies runtimes on: the shipped artifact's own set (v2 stores one at export)."""
     return golden.load_or_compute(artifact.path, artifact.model, artifact.metadata)
+
+
+@pytest.fixture(scope="module")
+def v1_artifact(shipped_model):
+    """v1, shipped without a golden set: the synthetic path."""
+    path = shipped_model.parents[1] / "1" / "model.h5"
+    if not path.is_file():
+        pytest.skip(f"no v1 artifact at {path}")
+    return load_artifact(path)
+
+
+@pytest.fixture(scope="module")
+def synthetic(v1_artifact) -> golden.GoldenSet:
+    return golden.load_or_compute(v1_artifact.path, v1_artifact.model, v1_artifact.metadata)
 
 
 # -- the golden set ------------------------------------------------------------------------------------------
@@ -92,7 +107,16 @@ def test_selection_spreads_and_skips_inputs_on_the_threshold():
     assert probs[:, 1].min() == 0.0 and probs[:, 1].max() == 1.0  # spread over the whole range
 
 
-def test_synthetic_golden_inputs_are_deterministic_and_spread(artifact, synthetic):
+def test_the_shipped_artifact_brings_its_own_golden_set(artifact, golden_set):
+    assert golden_set.source == "artifact" and 16 <= len(golden_set) <= 32
+    assert golden_set.inputs.shape[1:] == artifact.metadata.preprocessing.input_shape
+    assert set(np.unique(golden_set.inputs)) <= {0.0, 1.0}  # real binarized validation films
+    np.testing.assert_allclose(golden.reference_probabilities(artifact.model, golden_set.inputs),
+                               golden_set.probabilities, atol=1e-5)
+
+
+def test_synthetic_golden_inputs_are_deterministic_and_spread(v1_artifact, synthetic):
+    artifact = v1_artifact
     again = golden.load_or_compute(artifact.path, artifact.model, artifact.metadata)
     np.testing.assert_array_equal(again.inputs, synthetic.inputs)
     assert synthetic.source == "synthetic" and len(synthetic) >= 16
@@ -105,7 +129,7 @@ def test_synthetic_golden_inputs_are_deterministic_and_spread(artifact, syntheti
 
 # -- runtimes against the reference on real images -----------------------------------------------------------
 @pytest.mark.parametrize("name", ["tflite-int8", "keras-bf16"])
-def test_accelerated_runtime_matches_the_reference_on_real_test_images(name, artifact, test_inputs, synthetic):
+def test_accelerated_runtime_matches_the_reference_on_real_test_images(name, artifact, test_inputs, golden_set):
     cls = RUNTIMES[name]
     if cls.unavailable_reason():
         pytest.skip(f"{name} unavailable here: {cls.unavailable_reason()}")
@@ -115,16 +139,19 @@ def test_accelerated_runtime_matches_the_reference_on_real_test_images(name, art
     got = runtime.predict_any(test_inputs)
     assert np.abs(got - want).max() <= TOLERANCE
     assert (decisions(got, artifact.metadata) == decisions(want, artifact.metadata)).all()
-    # an image's result does not depend on what else is in its batch (per-image activation quantization)
-    np.testing.assert_allclose(runtime.predict(test_inputs[:1]), runtime.predict(test_inputs[:16])[:1], atol=1e-6)
+    # an image's result does not depend on what else is in its batch: exactly for int8 (per-image activation
+    # quantization, one image per interpreter call); bf16 Keras only to rounding, because oneDNN picks its
+    # kernels (and so its order of bf16 sums) by batch shape
+    atol = 1e-6 if name == "tflite-int8" else 1e-3
+    np.testing.assert_allclose(runtime.predict(test_inputs[:1]), runtime.predict(test_inputs[:16])[:1], atol=atol)
     if not runtime.needs_padding:  # any batch size, each image as in any other batch
         np.testing.assert_allclose(runtime.predict(test_inputs[3:6]), runtime.predict(test_inputs[:16])[3:6],
-                                   atol=1e-6)
-    assert verify(runtime, synthetic, artifact.metadata).passed
+                                   atol=atol)
+    assert verify(runtime, golden_set, artifact.metadata).passed
 
 
-def test_auto_picks_an_accelerated_runtime_that_passes(artifact, synthetic):
-    selection = select_runtime("auto", artifact, BUCKETS, synthetic)
+def test_auto_picks_an_accelerated_runtime_that_passes(artifact, golden_set):
+    selection = select_runtime("auto", artifact, BUCKETS, golden_set)
     assert selection.runtime.name == "tflite-int8"  # the fastest measured here, available on every x86 CPU
     assert selection.verification is not None and selection.verification.passed
     assert selection.verification.max_abs_diff <= TOLERANCE and selection.verification.decision_flips == 0
@@ -136,7 +163,7 @@ def test_keras_is_the_reference_without_acceleration(artifact):
     assert selection.runtime.name == "keras" and selection.verification is None and selection.fallback is None
 
 
-def test_a_corrupted_runtime_falls_back_to_the_reference_with_one_warning(artifact, synthetic, monkeypatch,
+def test_a_corrupted_runtime_falls_back_to_the_reference_with_one_warning(artifact, golden_set, monkeypatch,
                                                                         caplog):
     real_convert = lite_module.convert_int8
 
@@ -151,7 +178,7 @@ def test_a_corrupted_runtime_falls_back_to_the_reference_with_one_warning(artifa
 
     monkeypatch.setattr(lite_module, "convert_int8", perturbed)
     with caplog.at_level(logging.WARNING, logger="cxr.runtimes"):
-        selection = select_runtime("tflite-int8", artifact, BUCKETS, synthetic)
+        selection = select_runtime("tflite-int8", artifact, BUCKETS, golden_set)
     assert selection.runtime.name == "keras"
     assert selection.fallback is not None and "tflite-int8 failed verification" in selection.fallback
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -160,25 +187,25 @@ def test_a_corrupted_runtime_falls_back_to_the_reference_with_one_warning(artifa
     assert selection.verification is not None and selection.verification.passed  # the reference itself
 
 
-def test_a_runtime_this_cpu_cannot_run_falls_back_when_forced_and_is_skipped_by_auto(artifact, synthetic,
+def test_a_runtime_this_cpu_cannot_run_falls_back_when_forced_and_is_skipped_by_auto(artifact, golden_set,
                                                                                     monkeypatch, caplog):
     monkeypatch.setattr(KerasBf16Runtime, "unavailable_reason", classmethod(lambda cls: "no avx512_bf16 (test)"))
     with caplog.at_level(logging.WARNING, logger="cxr.runtimes"):
-        forced = select_runtime("keras-bf16", artifact, BUCKETS, synthetic)
+        forced = select_runtime("keras-bf16", artifact, BUCKETS, golden_set)
     assert forced.runtime.name == "keras" and "no avx512_bf16" in (forced.fallback or "")
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     monkeypatch.setattr(lite_module.TFLiteInt8Runtime, "unavailable_reason", classmethod(lambda cls: "test"))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cxr.runtimes"):
-        auto = select_runtime("auto", artifact, BUCKETS, synthetic)
+        auto = select_runtime("auto", artifact, BUCKETS, golden_set)
     assert auto.runtime.name == "keras" and auto.fallback is None
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # nothing failed: nothing to warn
 
 
-def test_a_runtime_returning_non_finite_values_fails_and_reports_json_safely(artifact, synthetic):
+def test_a_runtime_returning_non_finite_values_fails_and_reports_json_safely(artifact, golden_set):
     runtime = RUNTIMES["keras"].load(artifact, BUCKETS)
     runtime.predict = lambda batch: np.full((len(batch), 2), np.nan, np.float32)  # type: ignore[method-assign]
-    check = verify(runtime, synthetic, artifact.metadata)
+    check = verify(runtime, golden_set, artifact.metadata)
     assert not check.passed and check.to_dict()["max_abs_diff"] is None
 
 
@@ -198,16 +225,15 @@ def test_the_service_shows_and_uses_the_verified_runtime_and_reloads(shipped_mod
             models = (await client.get("/models")).json()
             assert models["runtime"]["name"] == "tflite-int8"
             assert models["runtime"]["verification"]["passed"] is True
-            assert models["runtime"]["verification"]["golden_source"] == "synthetic"  # v1 ships no golden set
+            assert models["runtime"]["verification"]["golden_source"] == "artifact"  # stored at export
             body = (await client.post("/predict", files={"file": ("x.jpeg", data, "image/jpeg")})).json()
             assert body["model"]["runtime"] == "tflite-int8"
             spec = artifact.metadata.preprocessing
             x = preprocess(decode(data, min_size=2 * spec.input_size, max_pixels=50_000_000), spec)[np.newaxis]
-            want = golden.reference_probabilities(artifact.model, x)[0]
             temperature = float(getattr(artifact.metadata, "temperature", 1.0))
-            if temperature == 1.0:
-                got = np.array(list(body["probabilities"].values()))
-                assert np.abs(got - want).max() <= TOLERANCE
+            want = golden.calibrated(golden.reference_probabilities(artifact.model, x), temperature)[0]
+            got = np.array(list(body["probabilities"].values()))
+            assert np.abs(got - want).max() <= TOLERANCE
             metrics = (await client.get("/metrics")).text
             assert 'runtime="tflite-int8"' in metrics
             before = app.state.manager.current

@@ -190,8 +190,9 @@ def test_feedback_and_monitoring_match_a_hand_computed_confusion_matrix(server, 
                                        "numerator": tp, "denominator": tp + fn}
     assert feedback["specificity"]["numerator"] == tn and feedback["specificity"]["denominator"] == tn + fp
     assert feedback["ppv"]["numerator"] == tp and feedback["ppv"]["denominator"] == tp + fp
-    # the shipped v1 artifact has no validation distribution: drift is unavailable, not made up
-    assert figures["drift"]["available"] is False and "validation distribution" in figures["drift"]["reason"]
+    # the shipped artifact carries its validation distribution, but a dozen answers are too few for a PSI:
+    # drift is unavailable, with the reason, not made up
+    assert figures["drift"]["available"] is False and "at least 50" in figures["drift"]["reason"]
 
     metrics = client.get("/metrics").text
     assert f'cxr_monitor_confusion{{cell="tp"}} {float(tp)}' in metrics
