@@ -30,13 +30,14 @@ V2_RECIPE := --data ../shared/data/chest_xray_224 --cache runs/cache --target-se
 	--input-size 128 --binarize otsu --arch plain --filters 16,32,64,96,128,128 --dense 256 --dropout 0.5 \
 	--l1 1e-5 --lr 1e-3 --batch-size 64 --balance class-weight --schedule cosine --warmup-epochs 2 --epochs 30 \
 	--patience 100 --augment-scale 1.5 --augment-intensity 1.6667 --augment-gamma 0.4
+V2_SEEDS := 27 28
 train-default: $(STAMP)
-	for seed in 27 28; do \
+	for seed in $(V2_SEEDS); do \
 		$(BIN)/cxr-train $(V2_RECIPE) --member-seed $$seed --out runs/default/m$$seed \
 			--store runs/default/m$$seed/store --version 1 || exit 1; \
 	done
 	$(BIN)/python -m training.ensemble --data ../shared/data/chest_xray_224 --cache runs/cache \
-		--members runs/default/m27/store/pneumonia/1/model.h5 runs/default/m28/store/pneumonia/1/model.h5 \
+		--members $(foreach seed,$(V2_SEEDS),runs/default/m$(seed)/store/pneumonia/1/model.h5) \
 		--out runs/default/ensemble $(if $(VERSION),--version $(VERSION))
 
 # Reproduces model_store/pneumonia/1, the first default (about 20 minutes); `--split image --no-calibrate` keep

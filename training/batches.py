@@ -7,9 +7,7 @@ import numpy as np
 
 from model_store.preprocessing import PreprocessingSpec, preprocess, to_unit_float
 from training.augment import AugmentConfig, augment
-from training.data import ImageSet
-
-NUM_CLASSES = 2  # NORMAL, PNEUMONIA
+from training.data import CLASS_NAMES, ImageSet
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -58,7 +56,7 @@ class ImageBatches(keras.utils.PyDataset):
         rng = np.random.default_rng((self.seed, self.epoch, batch)) if self.augment_config else None
         x = np.stack([self.load(i, rng) for i in indices])
         labels = self.images.labels[indices]
-        y = np.eye(NUM_CLASSES, dtype=np.float32)[labels] if self.one_hot else labels
+        y = np.eye(len(CLASS_NAMES), dtype=np.float32)[labels] if self.one_hot else labels
         weights = (np.asarray([self.class_weight[int(label)] for label in labels], dtype=np.float32)
                    if self.class_weight else None)
         if self.mixup_alpha:

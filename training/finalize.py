@@ -13,12 +13,11 @@ import numpy as np
 
 from model_store.preprocessing import PreprocessingSpec
 from model_store.registry import ModelRegistry
-from training.data import ImageSet
+from training.data import CLASS_NAMES, ImageSet
 
 if TYPE_CHECKING:
     from model_store.artifact import ModelMetadata
 
-CLASS_NAMES = ["NORMAL", "PNEUMONIA"]
 GOLDEN_CANDIDATES = 128  # validation inputs offered to the golden-set selection
 
 

@@ -24,6 +24,7 @@ from model_store import golden
 from model_store.artifact import file_sha256, inspect_artifact, load_artifact
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
+from model_store.registry import DEFAULT_STORE, ModelRegistry
 
 BUCKETS = [1, 2, 4, 8, 16]
 
@@ -56,9 +57,9 @@ def golden_set(artifact) -> golden.GoldenSet:
 
 
 @pytest.fixture(scope="module")
-def v1_artifact(shipped_model):
+def v1_artifact():
     """v1, shipped without a golden set: the synthetic path."""
-    path = shipped_model.parents[1] / "1" / "model.h5"
+    path = ModelRegistry(DEFAULT_STORE).path_for("pneumonia", 1)
     if not path.is_file():
         pytest.skip(f"no v1 artifact at {path}")
     return load_artifact(path)
