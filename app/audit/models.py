@@ -71,6 +71,11 @@ class AuditRecord(Base):
     decision: Mapped[str | None] = mapped_column(String(64))
     threshold: Mapped[float | None] = mapped_column(Float)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # migration 0002: the caller's name (API key name or token subject, never the credential itself), and the
+    # calibration and named operating point that turned the model's output into the decision
+    caller: Mapped[str | None] = mapped_column(String(128))
+    operating_point: Mapped[str | None] = mapped_column(String(32))
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Feedback(Base):

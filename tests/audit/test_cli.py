@@ -78,7 +78,7 @@ def test_console_entry_point_migrates_a_fresh_sqlite_store(tmp_path: Path) -> No
     done = subprocess.run([sys.executable, "-m", "app.audit.cli", "--url", url, "migrate"], check=False, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "at revision 0001" in done.stdout
+    assert "at revision 0002" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "app.audit.cli", "--url", url, "export", "--since", "yesterday"],
                          check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not a time" in bad.stderr

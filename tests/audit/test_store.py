@@ -16,10 +16,12 @@ def test_upgrade_from_empty_then_downgrade_then_upgrade(store_url: str) -> None:
     try:
         assert store.current_revision(engine) is None
         store.upgrade(engine)
-        assert store.current_revision(engine) == "0001"
+        assert store.current_revision(engine) == "0002"
         tables = set(inspect(engine).get_table_names())
         assert {"audit_records", "audit_feedback", "alembic_version"} <= tables
         indexes = {i["name"] for i in inspect(engine).get_indexes("audit_records")}
+        columns = {c["name"] for c in inspect(engine).get_columns("audit_records")}
+        assert {"caller", "operating_point", "calibration"} <= columns  # migration 0002
         assert {"ix_audit_records_request_id", "ix_audit_records_created_at"} <= indexes
 
         store.upgrade(engine)  # idempotent: every start runs it
@@ -35,7 +37,7 @@ def test_upgrade_from_empty_then_downgrade_then_upgrade(store_url: str) -> None:
         assert store.current_revision(engine) is None
         assert not {"audit_records", "audit_feedback"} & set(inspect(engine).get_table_names())
         store.upgrade(engine)
-        assert store.current_revision(engine) == "0001"
+        assert store.current_revision(engine) == "0002"
     finally:
         engine.dispose()
 
