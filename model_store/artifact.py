@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from model_store.preprocessing import PreprocessingSpec
+from model_store.site_calibration import SiteCalibration, validate_operating_points
 
 if TYPE_CHECKING:
     import keras
@@ -69,6 +70,13 @@ class ModelMetadata:
     decision_threshold: float = 0.5
     # temperature scaling fitted on validation (model_store.calibration); the threshold is on that scale
     temperature: float = 1.0
+    # a hospital's local recalibration (model_store.site_calibration.SiteCalibration as a dict), its named
+    # thresholds on the served scale and which one answers by default; set only by ``cxr-site calibrate``
+    site_calibration: dict[str, Any] | None = None
+    operating_points: dict[str, float] = field(default_factory=dict)
+    default_operating_point: str | None = None
+    # where a derived version came from (base version and sha256, the site sample's counts, ...)
+    provenance: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +94,15 @@ class ModelMetadata:
         if not (isinstance(self.temperature, int | float) and 0.01 <= self.temperature <= 100.0):
             raise ArtifactError(f"temperature must be a number in [0.01, 100] (1.0 = uncalibrated), "
                                 f"got {self.temperature!r}")
+        try:
+            if self.site_calibration is not None:
+                SiteCalibration.from_dict(self.site_calibration)
+            validate_operating_points(self.operating_points, self.default_operating_point)
+        except ValueError as exc:
+            raise ArtifactError(str(exc)) from exc
+        if self.default_operating_point is not None and not np.isclose(
+                self.operating_points[self.default_operating_point], self.decision_threshold):
+            raise ArtifactError("decision_threshold must equal the default operating point's threshold")
 
     @property
     def positive_index(self) -> int:
