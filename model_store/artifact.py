@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -159,6 +160,29 @@ def save_artifact(model: keras.Model, metadata: ModelMetadata, path: str | os.Pa
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+    return file_sha256(path)
+
+
+def copy_with_metadata(source: str | os.PathLike[str], metadata: ModelMetadata,
+                       path: str | os.PathLike[str]) -> str:
+    """Write a copy of the artifact at ``source`` with ``metadata`` in place of its own, atomically, and return
+    the new file's sha256. The weights and the optimizer state are copied byte for byte (a derived version,
+    such as a site calibration, never retrains). Refuses to overwrite an existing file: versions are immutable."""
+    inspect_artifact(source)  # the source must itself be a valid, safe artifact
+    path = Path(path)
+    if path.exists():
+        raise ArtifactError(f"{path} exists already: model versions are immutable, write a new version")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(suffix=".h5", dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp_name)
+        with h5py.File(tmp_name, "a") as handle:
+            handle.attrs[METADATA_ATTR] = json.dumps(metadata.to_dict(), sort_keys=True)
+        os.chmod(tmp_name, 0o644)
+        os.link(tmp_name, path)  # fails if ``path`` appeared meanwhile, unlike os.replace
+    finally:
+        os.unlink(tmp_name)
     return file_sha256(path)
 
 

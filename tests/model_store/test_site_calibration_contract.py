@@ -73,3 +73,22 @@ def test_intercept_only_calibration_shifts_every_logit_by_the_same_amount() -> N
     p = np.array([0.1, 0.5, 0.9])
     shifted = cal.apply(p)
     np.testing.assert_allclose(np.log(shifted / (1 - shifted)) - np.log(p / (1 - p)), 0.5, rtol=1e-9)
+
+
+def test_a_derived_version_copies_the_weights_and_carries_the_new_metadata(tmp_path) -> None:
+    from model_store.artifact import copy_with_metadata, file_sha256, inspect_artifact
+    from model_store.registry import ModelRegistry
+
+    source = ModelRegistry().resolve("pneumonia", 2)[1]
+    base, _ = inspect_artifact(source)
+    derived = dataclasses.replace(base, version="3", operating_points={"screening": 0.25},
+                                  default_operating_point="screening", decision_threshold=0.25,
+                                  provenance={"base_version": base.version, "base_sha256": file_sha256(source)})
+    target = tmp_path / "pneumonia" / "3" / "model.h5"
+    digest = copy_with_metadata(source, derived, target)
+    assert digest == file_sha256(target) != file_sha256(source)
+    again, _ = inspect_artifact(target)
+    assert again == derived
+    with pytest.raises(ArtifactError, match="immutable"):
+        copy_with_metadata(source, derived, target)
+    assert list(target.parent.iterdir()) == [target]  # no temporary file left behind
