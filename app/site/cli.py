@@ -124,60 +124,33 @@ def _validate_from_audit(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from app.site.crossval import crossval
-    from app.site.publish import next_version, write_version
-    from app.site.recalibrate import site_metadata
-    from app.site.report import drift, observed_distribution, validation_report
-    from app.site.sample import sample_digest
+    from app.site.html import render
+    from app.site.publish import next_version, weights_sha256, write_version
+    from app.site.recalibrate import fit_site, site_metadata
+    from app.site.report import validation_report
+    from training import code_version
 
     scorer, scored, _ = _score(args)
     _check_fit(scored)
-    base = scorer.metadata
+    base, artifact = scorer.metadata, scorer.model.artifact
     report = validation_report(scored, base, source=str(args.data), tool_version=tool_version(),
                                target_sensitivity=args.sensitivity)
     report["kind"] = "site calibration"
     if args.folds:
-        report["crossval"] = crossval(scored.raw, scored.labels, scored.paths, base, scored.served,
-                                      base.decision_threshold, args.folds, args.sensitivity)
-    from app.site.recalibrate import fit_site
-
+        report["crossval"] = crossval(scored.raw, scored.labels, scored.paths, base, shipped=scored.served,
+                                      shipped_threshold=base.decision_threshold, folds=args.folds,
+                                      target_sensitivity=args.sensitivity)
     site = fit_site(scored.raw, scored.labels, base, args.sensitivity)
     base_store = Path(scorer.settings.model_store)
     store = Path(args.store) if args.store else base_store
     version = next_version(base.name, store, base_store)
-    counts = report["as_served"]["counts"]
-    after = report["site_calibrated"]
-    edges = [i / 10 for i in range(11)]
-    metrics = {**base.metrics,
-               # the site sample's served distribution is the reference the monitoring's PSI compares with
-               "validation_distribution": {"bin_edges": edges, "counts": observed_distribution(
-                   _site_served(scored, base, site), edges), "source": f"site sample {args.site}"},
-               "site": {"name": args.site, "ece": after["ece"], "brier": after["brier"], "auc": after.get("auc"),
-                        "operating_points": after["operating_points"],
-                        "crossval": {k: v for k, v in report.get("crossval", {}).items() if k != "per_fold"}}}
-    provenance = {
-        "kind": "site calibration", "site": args.site,
-        "base": {"name": base.name, "version": str(scorer.model.version), "sha256": scorer.model.artifact.sha256},
-        "sample": {"NORMAL": counts["NORMAL"], "PNEUMONIA": counts["PNEUMONIA"], "refused": len(scored.refused),
-                   "sha256_of_file_sha256s": sample_digest(scored.hashes)},
-        "method": f"logistic recalibration of the logit ({site.calibration.method}); likelihood-ratio test of the "
-                  f"slope p = {site.fit.lr_p:.4g}",
-        "runtime": scored.model.get("runtime"), "target_sensitivity": args.sensitivity,
-        "rules": site.describe()["rules"], "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool": tool_version(),
-    }
-    from training import code_version
-
-    metadata = site_metadata(base, site, args.default, version, provenance=provenance, metrics=metrics,
+    provenance = _provenance(args, scorer, scored, site, weights_sha256(artifact.path))
+    metadata = site_metadata(base, site, args.default, version, provenance=provenance,
+                             metrics=_site_metrics(args.site, base, report, scored, site),
                              created_at=provenance["date"], code_version=code_version())
-    from app.site.publish import weights_sha256
-
-    provenance["base"]["weights_sha256"] = weights_sha256(scorer.model.artifact.path)
     report.update(new_version=version, default_operating_point=args.default, provenance=provenance)
-    report["drift_after"] = drift(_site_served(scored, base, site), base.metrics)
-    from app.site.html import render
-
-    path, sha256 = write_version(scorer.model.artifact.path, scorer.model.artifact.sha256, metadata, store, version,
-                                 {"site_report.json": dump(report), "site_report.html": render(report)})
+    path, sha256 = write_version(artifact.path, artifact.sha256, metadata, store=store, version=version,
+                                 reports={"site_report.json": dump(report), "site_report.html": render(report)})
     if args.out:
         write_reports(report, Path(args.out))
     print(_summary(report))
@@ -188,11 +161,39 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _site_served(scored: Any, base: Any, site: Any) -> Any:
+def _provenance(args: argparse.Namespace, scorer: Any, scored: Any, site: Any, weights: str) -> dict[str, Any]:
+    from app.site.sample import sample_digest
+
+    return {
+        "kind": "site calibration", "site": args.site,
+        "base": {"name": scorer.metadata.name, "version": str(scorer.model.version),
+                 "sha256": scorer.model.artifact.sha256, "weights_sha256": weights},
+        "sample": {"NORMAL": int((scored.labels == 0).sum()), "PNEUMONIA": int((scored.labels == 1).sum()),
+                   "refused": len(scored.refused), "sha256_of_file_sha256s": sample_digest(scored.hashes)},
+        "method": f"logistic recalibration of the logit ({site.calibration.method}); likelihood-ratio test of the "
+                  f"slope p = {site.fit.lr_p:.4g}",
+        "runtime": scored.model.get("runtime"), "target_sensitivity": args.sensitivity,
+        "rules": site.describe()["rules"], "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool": tool_version(),
+    }
+
+
+def _site_metrics(name: str, base: Any, report: dict[str, Any], scored: Any, site: Any) -> dict[str, Any]:
+    """The base's metrics, plus the site figures of each point (for /models), and the site sample's served
+    distribution as the reference of the monitoring's PSI (the base's validation films are not this site)."""
     from app.site.recalibrate import with_site
+    from app.site.report import observed_distribution
     from model_store.site_calibration import final_probabilities
 
-    return final_probabilities(scored.raw, with_site(base, site.calibration))[:, base.positive_index]
+    after = report["site_calibrated"]
+    served = final_probabilities(scored.raw, with_site(base, site.calibration))[:, base.positive_index]
+    edges = [i / 10 for i in range(11)]
+    return {**base.metrics,
+            "validation_distribution": {"bin_edges": edges, "counts": observed_distribution(served, edges),
+                                        "source": f"site sample {name}, after site calibration"},
+            "site": {"name": name, "ece": after["ece"], "brier": after["brier"], "auc": after.get("auc"),
+                     "calibration_fit": report["site_fit"]["fit"], "operating_points": after["operating_points"],
+                     "crossval": {k: v for k, v in report.get("crossval", {}).items() if k != "per_fold"}}}
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
@@ -201,8 +202,9 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     scorer, scored, _ = _score(args)
     _check_fit(scored)
     base = scorer.metadata
-    result = crossval(scored.raw, scored.labels, scored.paths, base, scored.served, base.decision_threshold,
-                      args.folds, args.sensitivity)
+    result = crossval(scored.raw, scored.labels, scored.paths, base, shipped=scored.served,
+                      shipped_threshold=base.decision_threshold, folds=args.folds,
+                      target_sensitivity=args.sensitivity)
     result.update(model=scored.model, source=str(args.data), tool_version=tool_version(),
                   counts={"NORMAL": int((scored.labels == 0).sum()), "PNEUMONIA": int((scored.labels == 1).sum())},
                   refused=len(scored.refused))
@@ -233,8 +235,8 @@ def _summary(report: dict[str, Any]) -> str:
         for name, p in block["operating_points"].items():
             lines.append(f"  {name} (P >= {p['threshold']:.4f}): sensitivity {p['sensitivity']['value']:.3f} "
                          f"({p['sensitivity']['low']:.3f}-{p['sensitivity']['high']:.3f}) specificity "
-                         f"{p['specificity']['value']:.3f} ({p['specificity']['low']:.3f}-{p['specificity']['high']:.3f})"
-                         f" accuracy {p['accuracy']['value']:.3f}")
+                         f"{p['specificity']['value']:.3f} ({p['specificity']['low']:.3f}-"
+                         f"{p['specificity']['high']:.3f}) accuracy {p['accuracy']['value']:.3f}")
     if report["refused"]["count"]:
         lines.append(f"not scored: {report['refused']['count']} files {report['refused']['by_code']}")
     return "\n".join(lines)

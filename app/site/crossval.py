@@ -24,7 +24,7 @@ def _rates(scores: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray
             "accuracy": float((called == pos).mean())}
 
 
-def crossval(raw: np.ndarray, labels: np.ndarray, paths: list[str], metadata: Any, shipped: np.ndarray,
+def crossval(raw: np.ndarray, labels: np.ndarray, paths: list[str], metadata: Any, *, shipped: np.ndarray,
              shipped_threshold: float, folds: int = 5, target_sensitivity: float = 0.95, seed: int = 0
              ) -> dict[str, Any]:
     """Out-of-fold figures of the site calibration against the shipped version's, pooled over the folds (the
@@ -41,8 +41,8 @@ def crossval(raw: np.ndarray, labels: np.ndarray, paths: list[str], metadata: An
         site = fit_site(raw[fit_idx], labels[fit_idx], metadata, target_sensitivity)
         served = final_probabilities(raw[test_idx], with_site(metadata, site.calibration))[:, metadata.positive_index]
         oof[test_idx] = served
-        for name in cut:
-            cut[name][test_idx] = site.points[name]
+        for name, thresholds in cut.items():
+            thresholds[test_idx] = site.points[name]
         y = labels[test_idx]
         per_fold.append({"fold": number, "n": len(test_idx), "calibration": site.calibration.to_dict(),
                          "screening_threshold": site.points[SCREENING],

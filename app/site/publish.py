@@ -38,7 +38,7 @@ def next_version(name: str, *stores: Path) -> int:
     return max(ModelRegistry(store).next_version(name) for store in stores)
 
 
-def write_version(base_path: Path, base_sha256: str, metadata: Any, store: Path, version: int,
+def write_version(base_path: Path, base_sha256: str, metadata: Any, *, store: Path, version: int,
                   reports: dict[str, str]) -> tuple[Path, str]:
     """Copy the base with ``metadata`` to ``<store>/<name>/<version>/model.h5``, check the weights are the
     base's, then write ``reports`` (file name -> text) beside it. Returns (path, new sha256)."""

@@ -57,7 +57,7 @@ def figures(scores: np.ndarray, labels: np.ndarray, points: dict[str, float]) ->
     both = len(set(labels.tolist())) == 2
     if both and min(out["counts"]["NORMAL"], out["counts"]["PNEUMONIA"]) >= 2:
         auc, variance = delong_auc(scores, labels)
-        fpr, tpr, thresholds = roc_curve(labels, scores)
+        fpr, tpr, _ = roc_curve(labels, scores)
         out["auc"] = {**auc.to_dict(), "method": "DeLong", "variance": variance}
         out["roc"] = {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
         out["calibration"] = calibration_fit(scores, labels).to_dict()
