@@ -155,8 +155,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_reports(report, Path(args.out))
     print(_summary(report))
     print(f"wrote {path} (sha256 {sha256}); report: {path.parent / 'site_report.html'}")
-    print(f"activate with CXR_MODEL_STORE={store} CXR_MODEL_VERSION={version}; roll back with the base version "
-          f"{scorer.model.version}")
+    print(f"activate with CXR_MODEL_STORE={store} CXR_MODEL_VERSION={version}; roll back to version "
+          f"{scorer.model.version} in {base_store}")
     print(version)
     return 0
 
