@@ -124,7 +124,7 @@ def _validate_from_audit(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from app.site.crossval import crossval
-    from app.site.html import render
+    from app.site.html import blocks_of, plot_pngs, render
     from app.site.publish import next_version, weights_sha256, write_version
     from app.site.recalibrate import fit_site, site_metadata
     from app.site.report import validation_report
@@ -150,7 +150,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                              created_at=provenance["date"], code_version=code_version())
     report.update(new_version=version, default_operating_point=args.default, provenance=provenance)
     path, sha256 = write_version(artifact.path, artifact.sha256, metadata, store=store, version=version,
-                                 reports={"site_report.json": dump(report), "site_report.html": render(report)})
+                                 reports={"site_report.json": dump(report), "site_report.html": render(report),
+                                          **plot_pngs(blocks_of(report))})
     if args.out:
         write_reports(report, Path(args.out))
     print(_summary(report))

@@ -25,21 +25,30 @@ def _ci(interval: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{interval['value']:.{digits}f} ({interval['low']:.{digits}f}-{interval['high']:.{digits}f})"
 
 
-def _png(figure: Any) -> str:
+def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return buffer.getvalue()
 
 
 def plots(blocks: dict[str, dict[str, Any]]) -> str:
     """ROC curves and reliability diagrams of each block (e.g. as served, after site calibration), side by side."""
+    pngs = plot_pngs(blocks)
+    if not pngs:
+        return '<p class="note">matplotlib is not installed: no plots (the tables hold every figure).</p>'
+    return "".join(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+                   for name, data in pngs.items())
+
+
+def plot_pngs(blocks: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    """{"roc.png": ..., "reliability.png": ...}, or nothing without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return '<p class="note">matplotlib is not installed: no plots (the tables hold every figure).</p>'
+        return {}
     roc, ax_roc = plt.subplots(figsize=(4.6, 4.2))
     rel, ax_rel = plt.subplots(figsize=(4.6, 4.2))
     for label, block in blocks.items():
@@ -60,7 +69,7 @@ def plots(blocks: dict[str, dict[str, Any]]) -> str:
                xlim=(0, 1), ylim=(0, 1))
     for ax in (ax_roc, ax_rel):
         ax.legend(fontsize=7, loc="lower right")
-    out = _png(roc) + _png(rel)
+    out = {"roc.png": _png(roc), "reliability.png": _png(rel)}
     plt.close(roc)
     plt.close(rel)
     return out
@@ -91,11 +100,16 @@ def _points_table(blocks: dict[str, dict[str, Any]]) -> str:
             '<p class="note">95% Wilson intervals. PPV and NPV hold at this sample\'s prevalence only.</p>')
 
 
-def render(report: dict[str, Any]) -> str:
-    """The HTML page for a report made by app.site.report (validate) or app.site.cli (calibrate, crossval)."""
+def blocks_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     blocks = {"as served": report["as_served"]}
     if report.get("site_calibrated"):
         blocks["after site calibration"] = report["site_calibrated"]
+    return blocks
+
+
+def render(report: dict[str, Any]) -> str:
+    """The HTML page for a report made by app.site.report (validate) or app.site.cli (calibrate)."""
+    blocks = blocks_of(report)
     counts = report["as_served"]["counts"]
     model = report.get("model", {})
     parts = [f"<h1>{_e(report['kind'].capitalize())} report</h1>",

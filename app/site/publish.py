@@ -39,7 +39,7 @@ def next_version(name: str, *stores: Path) -> int:
 
 
 def write_version(base_path: Path, base_sha256: str, metadata: Any, *, store: Path, version: int,
-                  reports: dict[str, str]) -> tuple[Path, str]:
+                  reports: dict[str, str | bytes]) -> tuple[Path, str]:
     """Copy the base with ``metadata`` to ``<store>/<name>/<version>/model.h5``, check the weights are the
     base's, then write ``reports`` (file name -> text) beside it. Returns (path, new sha256)."""
     if file_sha256(base_path) != base_sha256:
@@ -51,8 +51,12 @@ def write_version(base_path: Path, base_sha256: str, metadata: Any, *, store: Pa
     if weights_sha256(target) != weights_sha256(base_path):
         target.unlink()
         raise ArtifactError("the written version's weights differ from the base's: removed, nothing written")
-    for name, text in reports.items():
-        (target.parent / name).write_text(text, encoding="utf-8")
+    for name, content in reports.items():
+        file = target.parent / name
+        if isinstance(content, bytes):
+            file.write_bytes(content)
+        else:
+            file.write_text(content, encoding="utf-8")
     return target, sha256
 
 
