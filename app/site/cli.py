@@ -94,7 +94,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _validate_from_audit(args: argparse.Namespace) -> int:
-    from app.audit.cli import engine_for, parse_when
+    from app.audit.cli import engine_for
     from app.settings import Settings
     from app.site.audit_source import BIAS, audit_sample
     from app.site.report import counts, drift, figures, refusals_summary, small_sample_warnings
@@ -103,14 +103,14 @@ def _validate_from_audit(args: argparse.Namespace) -> int:
     from model_store.site_calibration import effective_operating_points
 
     settings = Settings.load(**({"model_store": Path(args.base_store)} if args.base_store else {}))
-    sample, summary = audit_sample(engine_for(args.audit_url), parse_when(args.since), settings.model_name,
+    sample, summary = audit_sample(engine_for(args.audit_url), args.since, settings.model_name,
                                    args.model_version)
     if not len(sample.labels):
         raise Refused(f"no answers with a confirmed label since {summary['since']}: nothing to report")
     _, path = ModelRegistry(settings.model_store).resolve(settings.model_name, summary["version"])
     metadata = read_metadata(path)
     report = {"kind": "local validation (audit)", "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "tool_version": tool_version(), "source": f"audit store, confirmed answers since {args.since}",
+              "tool_version": tool_version(), "source": f"audit store, confirmed answers since {summary['since']}",
               "model": sample.model, "audit": summary, "bias": BIAS, "warnings": [BIAS,
                                                                                    *small_sample_warnings(sample.labels)],
               "refused": refusals_summary([]), "drift": drift(sample.served, metadata.metrics),
@@ -243,6 +243,12 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _since(text: str) -> datetime:
+    from app.audit.cli import parse_when  # raises argparse.ArgumentTypeError with the forms it accepts
+
+    return parse_when(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-site", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="local validation report of the version as served")
     common(val, data_required=False)
     val.add_argument("--from-audit", action="store_true", help="use the audit store's confirmed answers, not DATA")
-    val.add_argument("--since", default="30d", help="with --from-audit: e.g. 30d, 2w, 2026-11-01 (default 30d)")
+    val.add_argument("--since", default="30d", type=_since,
+                     help="with --from-audit: e.g. 30d, 2w, 2026-11-01 (default 30d)")
     val.add_argument("--audit-url", help="with --from-audit: store URL (default CXR_AUDIT_URL / CXR_AUDIT_PATH)")
     val.set_defaults(run=cmd_validate)
     cal = sub.add_parser("calibrate", help="fit the site calibration and operating points; write a new version")

@@ -2,7 +2,8 @@
 
 - Calibration: logistic recalibration of the logit after the artifact's temperature (intercept and slope);
   intercept only (slope held at 1) when a likelihood-ratio test does not support the slope (p >= 0.05), or
-  when the fitted slope is not positive (it would reverse the ranking).
+  when the fitted slope is not positive (it would reverse the ranking), or when the sample's classes separate
+  perfectly (the slope is then not identified: its estimate runs off to a huge number).
 - ``screening``: the highest threshold whose sensitivity on the site sample is at least the target.
 - ``balanced``: calibrated P >= 0.5. Once the probabilities are calibrated to the site, 0.5 is the threshold
   that minimises the expected number of errors at the site's prevalence (the Bayes decision for equal costs);
@@ -48,7 +49,7 @@ def temperature_scaled(raw: np.ndarray, metadata: Any) -> np.ndarray:
 
 def fit_calibration(p: np.ndarray, labels: np.ndarray) -> tuple[SiteCalibration, CalibrationFit]:
     fit = calibration_fit(p, labels)
-    if fit.lr_p < LR_ALPHA and fit.slope.value > 0:
+    if fit.lr_p < LR_ALPHA and fit.slope.value > 0 and not fit.separated:
         return SiteCalibration(fit.intercept.value, fit.slope.value, "logistic"), fit
     return SiteCalibration(fit.intercept_in_the_large.value, 1.0, "intercept"), fit
 

@@ -78,10 +78,18 @@ def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
     }
 
 
-def _binomial_fit(labels: np.ndarray, exog: np.ndarray, offset: np.ndarray | None = None) -> Any:
-    import statsmodels.api as sm
+def _binomial_fit(labels: np.ndarray, exog: np.ndarray, offset: np.ndarray | None = None) -> tuple[Any, bool]:
+    """(fit, separated): ``separated`` when the scores split the classes perfectly, so the slope is not
+    identified (statsmodels warns and the estimate runs off to a huge number)."""
+    import warnings
 
-    return sm.GLM(np.asarray(labels, dtype=np.float64), exog, family=sm.families.Binomial(), offset=offset).fit()
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PerfectSeparationWarning)
+        fit = sm.GLM(np.asarray(labels, dtype=np.float64), exog, family=sm.families.Binomial(), offset=offset).fit()
+    return fit, any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
 
 
 @dataclass(frozen=True)
@@ -95,11 +103,12 @@ class CalibrationFit:
     intercept_in_the_large: Interval  # slope fixed at 1: how far the mean prediction is off, on the logit scale
     lr_statistic: float
     lr_p: float
+    separated: bool = False  # the classes separate perfectly: the slope is not identified
 
     def to_dict(self) -> dict[str, Any]:
         return {"slope": self.slope.to_dict(), "intercept": self.intercept.to_dict(),
                 "intercept_in_the_large": self.intercept_in_the_large.to_dict(),
-                "lr_statistic": round(self.lr_statistic, 6), "lr_p": round(self.lr_p, 6)}
+                "lr_statistic": round(self.lr_statistic, 6), "lr_p": round(self.lr_p, 6), "separated": self.separated}
 
 
 def calibration_fit(scores: np.ndarray, labels: np.ndarray) -> CalibrationFit:
@@ -108,15 +117,15 @@ def calibration_fit(scores: np.ndarray, labels: np.ndarray) -> CalibrationFit:
 
     x = logit(scores)
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    full = _binomial_fit(labels, np.column_stack([np.ones_like(x), x]))
-    large = _binomial_fit(labels, np.ones((len(x), 1)), offset=x)
+    full, separated = _binomial_fit(labels, np.column_stack([np.ones_like(x), x]))
+    large, _ = _binomial_fit(labels, np.ones((len(x), 1)), offset=x)
     (a, b), ci = full.params, full.conf_int(0.05)
     (a1,), ci1 = large.params, large.conf_int(0.05)
     statistic = max(0.0, 2.0 * (full.llf - large.llf))
     return CalibrationFit(slope=Interval(float(b), float(ci[1][0]), float(ci[1][1])),
                           intercept=Interval(float(a), float(ci[0][0]), float(ci[0][1])),
                           intercept_in_the_large=Interval(float(a1), float(ci1[0][0]), float(ci1[0][1])),
-                          lr_statistic=float(statistic), lr_p=float(chi2.sf(statistic, 1)))
+                          lr_statistic=float(statistic), lr_p=float(chi2.sf(statistic, 1)), separated=separated)
 
 
 def screening_threshold(scores: np.ndarray, labels: np.ndarray, target: float) -> float:

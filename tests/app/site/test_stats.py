@@ -95,6 +95,14 @@ def test_recalibration_falls_back_to_intercept_only_when_the_slope_is_not_suppor
     assert calibration.intercept == pytest.approx(0.9, abs=0.35)
 
 
+def test_perfectly_separated_sample_keeps_the_slope_at_one():
+    p = np.r_[np.linspace(0.6, 0.99, 40), np.linspace(0.01, 0.5, 40)]
+    labels = np.r_[np.ones(40, int), np.zeros(40, int)]
+    calibration, fit = fit_calibration(p, labels)
+    assert fit.separated and calibration.method == "intercept" and calibration.slope == 1.0
+    assert abs(calibration.intercept) < 1
+
+
 def test_calibration_of_calibrated_scores_is_ideal():
     rng = np.random.default_rng(11)
     p = 1 / (1 + np.exp(-rng.normal(0, 1.5, 20000)))
