@@ -5,10 +5,8 @@ runtime. Every answer must equal the recalibration computed here by hand, decide
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +18,13 @@ from fhir.resources.diagnosticreport import DiagnosticReport
 from image_factory import make_dicom
 from pydicom import dcmread
 from pydicom.uid import generate_uid
+from site_store import make_site_store
 from sqlalchemy import select
 
 from app.audit.models import AuditRecord
 from app.model_manager import configured_point_problem
 from app.settings import Settings, SettingsError
-from model_store.artifact import copy_with_metadata, file_sha256, load_artifact
+from model_store.artifact import load_artifact
 from model_store.calibration import apply_temperature
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
@@ -67,14 +66,7 @@ def site(shipped_model: Path, films: list[bytes], tmp_path_factory: pytest.TempP
                       for d in films])
     expected = by_hand(np.asarray(base.model(batch, training=False)), meta.temperature, meta.positive_index)
     points = {"screening": split_between(expected, 1, 4), "balanced": split_between(expected, 5, 8)}
-    store = tmp_path_factory.mktemp("store")
-    (store / "pneumonia" / "2").mkdir(parents=True)
-    shutil.copyfile(shipped_model, store / "pneumonia" / "2" / "model.h5")
-    site_meta = dataclasses.replace(
-        meta, version="3", site_calibration=dict(SITE), operating_points=points, default_operating_point="screening",
-        decision_threshold=points["screening"],
-        provenance={"base_version": 2, "base_sha256": file_sha256(shipped_model), "films": {"NORMAL": 5}})
-    copy_with_metadata(shipped_model, site_meta, store / "pneumonia" / "3" / "model.h5")
+    store = make_site_store(tmp_path_factory.mktemp("store"), shipped_model, SITE, points)
     return {"store": store, "expected": expected, "points": points, "temperature": meta.temperature,
             "positive": meta.positive_class, "base_threshold": meta.decision_threshold}
 
