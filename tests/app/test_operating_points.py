@@ -301,3 +301,16 @@ def test_a_malformed_point_name_is_a_settings_error(tmp_path):
     with pytest.raises(SettingsError, match="CXR_OPERATING_POINT"):
         Settings.load(operating_point="Screening Point!")
     assert Settings(operating_point="  ").operating_point is None
+
+
+def test_openapi_documents_the_point(server):
+    spec = server.client.get("/openapi.json").json()
+    for path in ("/predict", "/predict/batch"):
+        names = [p["name"] for p in spec["paths"][path]["post"]["parameters"]]
+        assert "operating_point" in names, path
+    schemas = spec["components"]["schemas"]
+    assert {"operating_point", "threshold", "calibration"} <= set(schemas["PredictionResponse"]["required"])
+    assert {"temperature", "site_calibration"} <= set(schemas["Calibration"]["properties"])
+    assert {"operating_points", "default_operating_point", "version_details"} <= set(
+        schemas["ModelsResponse"]["required"])
+    assert "409" in spec["paths"]["/admin/reload"]["post"]["responses"]
