@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.registry import DEFAULT_STORE
+from model_store.site_calibration import POINT_NAME
 
 # the audit store's default home: outside the checkout, writable without root (XDG base directory spec)
 STATE_HOME = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     model_name: str = Field("pneumonia", min_length=1, description="model folder name in the store, e.g. pneumonia")
     model_version: str | None = Field(None, description="a positive integer, e.g. 1; unset or 'latest' = newest")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto, cpu or gpu (gpu fails if none)")
+    operating_point: str | None = Field(None, description="the named operating point that decides answers when a "
+                                        "request names none, e.g. screening; it must exist in the served version "
+                                        "(start-up and reloads refuse a version without it); unset = the version's "
+                                        "own default (screening for a site-calibrated version, default = the "
+                                        "stored threshold for v1/v2)")
 
     gate: Literal["refuse", "flag", "off"] = Field("refuse", description="input gate: refuse (422 "
                                                   "not_a_chest_xray for what is not a frontal chest radiograph), "
@@ -175,6 +181,17 @@ class Settings(BaseSettings):
         if not str(value).isdigit() or int(str(value)) < 1:
             raise ValueError(f"must be a positive integer or 'latest', got {value!r}")
         return str(int(str(value)))
+
+    @field_validator("operating_point", mode="before")
+    @classmethod
+    def check_operating_point(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        name = str(value).strip()
+        if not POINT_NAME.match(name):
+            raise ValueError(f"must be an operating point name (lower case letters, digits, _ or -, e.g. "
+                             f"screening), got {value!r}")
+        return name
 
     @field_validator("audit_url")
     @classmethod

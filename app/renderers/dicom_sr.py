@@ -2,8 +2,9 @@
 
 This is how a PACS files an AI result (IHE AI Results): same study as the source image, a new series, the
 source image referenced, a qualitative evaluation (pneumonia present/absent, SNOMED CT), the calibrated
-probability as a measurement, the algorithm per TID 4019 (name, version, manufacturer, decision threshold as a
-parameter), a device observer, and the intended-use notice. The source's patient module is copied, because that
+probability as a measurement, the algorithm per TID 4019 (name, version, manufacturer; as its parameters the
+operating point and decision threshold that decided and the calibration: temperature and site calibration), a
+device observer, and the intended-use notice. The source's patient module is copied, because that
 is what files the SR with the patient; those values never appear in a log line or an error message.
 """
 
@@ -82,6 +83,17 @@ def device_uid(prediction: Prediction) -> UID:
     return generate_uid(entropy_srcs=["cxr-serve device", prediction.model.artifact.sha256])
 
 
+def algorithm_parameters(prediction: Prediction) -> list[str]:
+    """TID 4019 Algorithm Parameters: what turned the model's output into this finding, one 'name=value' each."""
+    calibration = prediction.calibration
+    site = calibration["site_calibration"]
+    return [f"decision threshold={prediction.threshold:g}", f"operating point={prediction.operating_point}",
+            f"temperature={calibration['temperature']:g}",
+            "site calibration=" + (f"{site['method']} intercept={site['intercept']:g} slope={site['slope']:g}"
+                                   if isinstance(site, dict) else "none"),
+            f"model sha256={prediction.model.artifact.sha256}"]
+
+
 def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[], UID] = generate_uid
              ) -> hd.sr.Comprehensive3DSR:
     meta = prediction.model.metadata
@@ -91,8 +103,7 @@ def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[
     image = (str(source.SOPClassUID), str(source.SOPInstanceUID))
     algorithm = hd.sr.AlgorithmIdentification(
         name=meta.name, version=str(prediction.model.version), manufacturer=MANUFACTURER,
-        parameters=[f"decision threshold={meta.decision_threshold:g}",
-                    f"model sha256={prediction.model.artifact.sha256}"])
+        parameters=algorithm_parameters(prediction))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -20,6 +20,11 @@ router = APIRouter(tags=["predict"])
 # ?explain=true: Grad-CAM in the JSON answer (app/explain.py); the other renderers carry no map
 ExplainQuery = Annotated[bool, Query(description="add a Grad-CAM explanation (coarse grid + heatmap overlay PNG) "
                                                  "to each JSON result; refused images get none")]
+# ?operating_point=NAME: which of the version's named thresholds decides (GET /models lists them)
+PointQuery = Annotated[str | None, Query(max_length=64, description="the named operating point that decides, e.g. "
+                                                                    "screening or balanced (GET /models lists "
+                                                                    "the active version's); default: "
+                                                                    "CXR_OPERATING_POINT, else the version's own")]
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
 # /predict answers by Accept: JSON (default), a DICOM SR (DICOM uploads only) or a FHIR DiagnosticReport
@@ -46,7 +51,8 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
 async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                   file: Annotated[UploadFile, File(description="the image file")],
-                  *, explain: ExplainQuery = False) -> dict[str, object] | Response:
+                  *, explain: ExplainQuery = False, operating_point: PointQuery = None
+                  ) -> dict[str, object] | Response:
     # the audit records this answer or refusal exactly once, however the block ends
     async with request.app.state.audit.track_request(request, request_id) as ticket:
         media_type = negotiate(request.headers.get("accept"))  # 406 before any work
@@ -54,10 +60,11 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
             raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
         data = await read_upload(file, settings)
         if media_type == JSON:
-            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain)
+            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain,
+                                                       operating_point=operating_point)
             return prediction.as_dict(request_id)
         check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
-        prediction = await dataplane.predict_image(data, ticket=ticket)
+        prediction = await dataplane.predict_image(data, ticket=ticket, operating_point=operating_point)
         body = await asyncio.to_thread(render_bytes, media_type, prediction, data, request_id)
         return Response(body, media_type=media_type)
 
@@ -66,16 +73,18 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
              summary="Classify several X-rays; one result or one error per file, in order")
 async def predict_batch(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                         files: Annotated[list[UploadFile], File(description="the image files")],
-                        *, explain: ExplainQuery = False) -> dict[str, object]:
+                        *, explain: ExplainQuery = False, operating_point: PointQuery = None) -> dict[str, object]:
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"{len(files)} files sent; at most {settings.max_batch_files} per request")
+    dataplane.point(dataplane.manager.current, operating_point)  # an unknown name fails the request, not each file
 
     async def one(index: int, upload: UploadFile) -> dict[str, object]:
         item_id = f"{request_id}-{index}"
         try:
             async with request.app.state.audit.track_request(request, item_id) as ticket:
                 data = await read_upload(upload, settings)
-                prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain)
+                prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain,
+                                                           operating_point=operating_point)
         except Exception as exc:  # one bad file must not fail the others
             status, code, message = classify(exc)
             if status >= 500:
