@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -72,8 +73,8 @@ def start_service(log: Path, *, port: int | None = None, **env: str) -> Service:
     port = port or free_port()
     environment = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_DEVICE": "cpu",
                    "CXR_LOG_LEVEL": "info", "CXR_ACCESS_LOG": "false", "CXR_GATE": "off", "CXR_RUNTIME": "keras",
-                   "CXR_DECODE_THREADS": "2", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1",
-                   "TF_NUM_INTEROP_THREADS": "1", **env}
+                   "CXR_DECODE_THREADS": "2", "CXR_MAX_BATCH_SIZE": "4",  # fewer batch sizes to warm up
+                   "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **env}
     handle = log.open("ab")
     process = subprocess.Popen(service_command(), cwd=REPO_ROOT, env=environment, stdout=handle,
                                stderr=subprocess.STDOUT)
@@ -100,48 +101,48 @@ class Load:
     statuses: dict[int, int] = field(default_factory=dict)
 
 
-async def _client(url: str, data: bytes, stop: asyncio.Event, load: Load, tolerate_errors: asyncio.Event) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        while not stop.is_set():
-            request_id = uuid.uuid4().hex
-            try:
-                response = await client.post("/predict", files={"file": ("xray.jpeg", data)},
-                                             headers={"X-Request-ID": request_id})
-            except httpx.HTTPError as exc:
-                if not tolerate_errors.is_set():
-                    load.failed.append(type(exc).__name__)
-                await asyncio.sleep(0.05)
-                continue
-            load.statuses[response.status_code] = load.statuses.get(response.status_code, 0) + 1
-            if response.status_code == 200:
-                assert response.headers["x-request-id"] == request_id
-                load.answered.append(request_id)
-            elif not tolerate_errors.is_set():
-                load.failed.append(str(response.status_code))
-
-
 class LoadRunner:
-    """``connections`` clients posting one X-ray in a loop in a background event loop, until ``stop()``.
+    """``connections`` clients posting one X-ray in a loop in a background event loop, until ``stop()``; each
+    waits ``pause_s`` between its requests (0: as fast as answers come).
     ``tolerate_errors()``: from then on connection errors are expected (the server was killed on purpose)."""
 
-    def __init__(self, url: str, data: bytes, connections: int = 64) -> None:
-        self.url, self.data, self.connections = url, data, connections
+    def __init__(self, url: str, data: bytes, connections: int = 64, pause_s: float = 0.0) -> None:
+        self.url, self.data, self.connections, self.pause_s = url, data, connections, pause_s
         self.load = Load()
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._tolerate = asyncio.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> LoadRunner:
-        import threading
-
         async def main() -> None:
-            await asyncio.gather(*(_client(self.url, self.data, self._stop, self.load, self._tolerate)
-                                   for _ in range(self.connections)))
+            await asyncio.gather(*(self._client() for _ in range(self.connections)))
 
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
         self._thread.start()
         return self
+
+    async def _client(self) -> None:
+        load, tolerate_errors, pause_s = self.load, self._tolerate, self.pause_s
+        async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
+            while not self._stop.is_set():
+                request_id = uuid.uuid4().hex
+                try:
+                    response = await client.post("/predict", files={"file": ("xray.jpeg", self.data)},
+                                                 headers={"X-Request-ID": request_id})
+                except httpx.HTTPError as exc:
+                    if not tolerate_errors.is_set():
+                        load.failed.append(type(exc).__name__)
+                    await asyncio.sleep(0.05)
+                    continue
+                load.statuses[response.status_code] = load.statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    assert response.headers["x-request-id"] == request_id
+                    load.answered.append(request_id)
+                elif not tolerate_errors.is_set():
+                    load.failed.append(str(response.status_code))
+                if pause_s:
+                    await asyncio.sleep(pause_s)
 
     def wait_answers(self, count: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

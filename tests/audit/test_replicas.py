@@ -9,6 +9,7 @@ SIGTERM'd replica must be gone well inside their terminationGracePeriodSeconds l
 from __future__ import annotations
 
 import collections
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,9 @@ from app.audit.models import AuditRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
+# each of the 64 connections pauses between requests: load on both replicas, yet CPU left on a 2-core machine
+# for the restarted one to start (at full speed a restart takes minutes there)
+PAUSE_S = 0.5
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "base"
 
 def manifest_drain() -> tuple[dict[str, str], float]:
@@ -33,6 +37,15 @@ def manifest_drain() -> tuple[dict[str, str], float]:
     pre_stop = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
     env = {name: config[name] for name in ("CXR_GRACEFUL_TIMEOUT", "CXR_AUDIT_FLUSH_TIMEOUT_S")}
     return env, pod["terminationGracePeriodSeconds"] - pre_stop
+
+def wait_served_by(nginx: Nginx, port: int, since: int, count: int = 10, timeout: float = 60.0) -> None:
+    """Until ``count`` requests logged after entry ``since`` were answered 200 by the replica on ``port``."""
+    deadline = time.monotonic() + timeout
+    address = f"127.0.0.1:{port}"
+    while sum(status == "200" and tried[-1] == address for status, tried, _ in nginx.upstream_log()[since:]) < count:
+        assert time.monotonic() < deadline, f"nginx sent no traffic to {address} in {timeout} s"
+        time.sleep(0.2)
+
 
 def records(url: str) -> tuple[collections.Counter[str], int]:
     """Records per request id, and the number of answers."""
@@ -67,14 +80,16 @@ def test_rolling_restart_and_kill_9_behind_nginx(postgres, shipped_model: Path, 
         nginx.start()
 
         # 1. rolling restart under load: SIGTERM one, wait until it is ready again, then the other
-        with LoadRunner(nginx.url, data, connections=64) as load:
+        with LoadRunner(nginx.url, data, connections=64, pause_s=PAUSE_S) as load:
             load.wait_answers(64)
             for i, old in enumerate(replicas):
                 code, took = old.terminate(sigterm_bound + 10)
                 assert code == 0 and took < sigterm_bound, (code, took, old.log_text()[-2000:])
                 replicas[i] = start_service(old.log, port=old.port, **env)
                 replicas[i].wait_ready()
-                load.wait_answers(32)
+                # ready is not enough: nginx took it out (fail_timeout) when it answered 503 while loading, so
+                # the next one is stopped only once the balancer sends it traffic again
+                wait_served_by(nginx, replicas[i].port, since=len(nginx.upstream_log()))
             rolling = load.stop()
         assert not rolling.failed, (rolling.statuses, rolling.failed[:10], nginx.error_log()[-2000:])
         served = collections.Counter(tried[-1] for status, tried, _ in nginx.upstream_log() if status == "200")
@@ -89,7 +104,7 @@ def test_rolling_restart_and_kill_9_behind_nginx(postgres, shipped_model: Path, 
         assert answers >= len(rolling.answered)
 
         # 2. kill -9 of one replica under load: nginx retries what was in flight on the other one
-        with LoadRunner(nginx.url, data, connections=64) as load:
+        with LoadRunner(nginx.url, data, connections=64, pause_s=PAUSE_S) as load:
             load.wait_answers(64)
             replicas[0].kill()
             load.wait_answers(64)
