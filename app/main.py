@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(manager.shutdown)
             await asyncio.to_thread(dataplane.close)
             # last: the answers drained above are recorded too
-            await asyncio.to_thread(audit.close, settings.graceful_timeout)
+            await asyncio.to_thread(audit.close, settings.audit_flush_timeout_s)
 
     app = FastAPI(title="cxr-serve", version="0.1.0", lifespan=lifespan,
                   description="Pneumonia screening for chest X-rays. Decision support for qualified readers; "

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     audit_required: bool = Field(False, description="fail closed: true = readiness 503 and predictions refused "
                                  "(503 audit_unavailable) while the audit store is unreachable; false = keep "
                                  "serving and buffer")
+    audit_durable: bool = Field(False, description="true = an answer leaves only after its audit record is "
+                                "committed (group commit: concurrent answers share one transaction), so a crash "
+                                "loses no answered record; false = buffered (faster: records are committed "
+                                "within ~50 ms, a crash loses what is buffered). Implied by CXR_AUDIT_REQUIRED=true")
+    audit_commit_timeout_s: float = Field(10.0, gt=0, le=600, description="durable mode: seconds an answer "
+                                          "waits for its record's commit before it is refused (503 "
+                                          "audit_unavailable), e.g. 10")
+    audit_flush_timeout_s: float = Field(3.0, gt=0, le=600, description="seconds the shutdown spends writing "
+                                         "buffered audit records, e.g. 3; what is left then is counted as dropped "
+                                         "(reason shutdown) and logged, so a stop never waits on a broken store")
     audit_buffer: int = Field(10_000, ge=1, le=10_000_000, description="audit records held in memory while the "
                               "store is slow or down, 1-10000000, e.g. 10000; beyond it records are counted "
                               "in cxr_audit_records_dropped_total and logged, not stored")
@@ -216,6 +226,15 @@ class Settings(BaseSettings):
             if len(key) < 16:
                 raise ValueError("each CXR_API_KEYS entry must be at least 16 characters (use a random token)")
         return keys
+
+    @model_validator(mode="after")
+    def durable_when_required(self) -> Settings:
+        # fail closed means no answer without its record, which only durable mode guarantees
+        if self.audit_required and not self.audit_durable:
+            if "audit_durable" in self.model_fields_set:
+                raise ValueError("CXR_AUDIT_REQUIRED=true needs CXR_AUDIT_DURABLE=true (or leave it unset)")
+            self.audit_durable = True
+        return self
 
     @model_validator(mode="after")
     def check_store(self) -> Settings:
