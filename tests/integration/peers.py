@@ -24,7 +24,7 @@ from app_harness import free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +69,7 @@ class SrSink:
     def start(self) -> None:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(Comprehensive3DSRStorage)
+        ae.add_supported_context(SecondaryCaptureImageStorage)  # the heatmap image beside the SR
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
