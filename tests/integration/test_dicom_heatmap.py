@@ -90,7 +90,7 @@ def assert_heatmap_pair(sc: Dataset, sr: Dataset, source: Dataset, probability: 
     pixels = sc.pixel_array
     height, width = pixels.shape[:2]
     lungs = pixels[height // 5 : 4 * height // 5, width // 8 : 7 * width // 8]
-    assert coloured_fraction(lungs) > 0.2, "the heatmap is not visibly coloured over the lungs"
+    assert coloured_fraction(lungs) > 0.05, "the heatmap is not visibly coloured over the lungs"  # grey: 0
     caption_band = pixels[: height // 30, : width // 3]
     assert (caption_band.max(axis=-1) > 200).any() and (caption_band.max(axis=-1) < 30).any(), "no caption"
     assert heatmap_references(sr) == [sc.SOPInstanceUID]
