@@ -131,12 +131,12 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated AE titles allowed to send images, e.g. ORTHANC,PACS1; "
                                           "empty = any calling AE (only on a trusted network)")
     dicom_destination_host: str | None = Field(None, description="where SRs are sent (C-STORE): host name or "
-                                               "address of the PACS, e.g. pacs.hospital.org; required with "
-                                               "CXR_DICOM_PORT")
+                                               "address of the PACS, e.g. pacs.hospital.org; the C-STORE "
+                                               "destination: all three or none")
     dicom_destination_port: int | None = Field(None, ge=1, le=65535, description="the PACS's DICOM port, "
-                                               "1-65535, e.g. 4242; required with CXR_DICOM_PORT")
+                                               "1-65535, e.g. 4242; the C-STORE destination: all three or none")
     dicom_destination_ae_title: str | None = Field(None, description="the PACS's AE title, 1-16 characters, "
-                                                   "e.g. ORTHANC; required with CXR_DICOM_PORT")
+                                                   "e.g. ORTHANC; the C-STORE destination: all three or none")
     dicom_send_retries: int = Field(3, ge=0, le=20, description="extra attempts to deliver an SR after a failed "
                                     "C-STORE, 0-20, e.g. 3 (then it is dropped with an error log and metric)")
     dicom_retry_delay_s: float = Field(2.0, ge=0, le=600, description="seconds before the first retry, doubled "
