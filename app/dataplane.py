@@ -208,8 +208,9 @@ class DataPlane:
         return prediction
 
     async def predict_tensor(self, x: np.ndarray, model: ServingModel | None = None, ticket: Ticket | None = None,
-                             *, operating_point: str | None = None) -> Prediction:
-        """An already-preprocessed (H, W, 1) float input in [0, 1] (e.g. the v2 protocol's FP32 tensors)."""
+                             *, operating_point: str | None = None, explain: bool = False) -> Prediction:
+        """An already-preprocessed (H, W, 1) float input in [0, 1] (e.g. the v2 protocol's FP32 tensors).
+        ``explain``: add a Grad-CAM map (on the tensor's own geometry)."""
         started = time.perf_counter()
         model = model or self.manager.current
         self.point(model, operating_point)
@@ -225,6 +226,9 @@ class DataPlane:
         if not np.isfinite(x).all():
             raise InvalidInputError("tensor contains NaN or infinite values")
         prediction = await self._finish(self._submit(x, model), 0.0, started, operating_point)
+        if explain:
+            prediction.explanation = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.explainers.explain, model, x, x.shape[:2], self.settings.explain_overlay_max_side)
         if ticket is not None:
             ticket.prediction = prediction
         return prediction

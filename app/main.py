@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dataplane = DataPlane(settings, manager, metrics)
     audit = Audit(settings, metrics)
     dicom_node = None
-    if settings.dicom_port is not None:
+    if settings.dicom_results_enabled:  # a C-STORE port and/or the STOW-RS receiver
         from app.dicom_node import DicomNode  # pynetdicom is loaded only where a DICOM node is configured
 
         dicom_node = DicomNode(settings, dataplane, metrics, audit=audit)
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     def body_limit(path: str) -> int:
-        files = settings.max_batch_files if path.endswith(("/batch", "/infer")) else 1
+        files = settings.max_batch_files if path.endswith(("/batch", "/infer", "/dicomweb/studies")) else 1
         return settings.max_upload_bytes * files + MULTIPART_OVERHEAD
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)

@@ -147,12 +147,12 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated AE titles allowed to send images, e.g. ORTHANC,PACS1; "
                                           "empty = any calling AE (only on a trusted network)")
     dicom_destination_host: str | None = Field(None, description="where SRs are sent (C-STORE): host name or "
-                                               "address of the PACS, e.g. pacs.hospital.org; required with "
-                                               "CXR_DICOM_PORT")
+                                               "address of the PACS, e.g. pacs.hospital.org; the C-STORE "
+                                               "destination: all three or none")
     dicom_destination_port: int | None = Field(None, ge=1, le=65535, description="the PACS's DICOM port, "
-                                               "1-65535, e.g. 4242; required with CXR_DICOM_PORT")
+                                               "1-65535, e.g. 4242; the C-STORE destination: all three or none")
     dicom_destination_ae_title: str | None = Field(None, description="the PACS's AE title, 1-16 characters, "
-                                                   "e.g. ORTHANC; required with CXR_DICOM_PORT")
+                                                   "e.g. ORTHANC; the C-STORE destination: all three or none")
     dicom_send_retries: int = Field(3, ge=0, le=20, description="extra attempts to deliver an SR after a failed "
                                     "C-STORE, 0-20, e.g. 3 (then it is dropped with an error log and metric)")
     dicom_retry_delay_s: float = Field(2.0, ge=0, le=600, description="seconds before the first retry, doubled "
@@ -162,6 +162,20 @@ class Settings(BaseSettings):
                                   "(0xA700) so the PACS retries later")
     dicom_timeout_s: float = Field(30.0, ge=1, le=600, description="network timeout for DICOM associations, in "
                                    "seconds, 1-600, e.g. 30")
+    dicom_heatmap: str = Field("sc", description="heatmap sent beside each SR from a DICOM transport: sc (a "
+                               "Secondary Capture of the film with the Grad-CAM map over it) or off; pm and both "
+                               "(Parametric Map) are not implemented yet and refused")
+
+    # DICOMweb (STOW-RS) in and out, beside or instead of DIMSE
+    dicomweb_receive: bool = Field(False, description="true = STOW-RS receiver at POST /dicomweb/studies (CR/DX "
+                                   "images, same gate, limits and queue as the DICOM node)")
+    dicomweb_destination_url: str | None = Field(None, description="DICOMweb base URL results are sent to by "
+                                                 "STOW-RS (POST <url>/studies), e.g. "
+                                                 "https://pacs.hospital.org/dicom-web; with or instead of the "
+                                                 "C-STORE destination")
+    dicomweb_auth_file: Path | None = Field(None, description="file holding the DICOMweb destination's "
+                                            "credentials, one line: 'Bearer <token>' or 'Basic <user>:<password>'; "
+                                            "unset = no authentication")
 
     @field_validator("log_level", "log_format", "device", "gate", "runtime", mode="before")
     @classmethod
@@ -265,14 +279,54 @@ class Settings(BaseSettings):
             cls.check_ae_title(value)
         return values
 
+    @field_validator("dicom_heatmap", mode="before")
+    @classmethod
+    def check_heatmap(cls, value: object) -> object:
+        mode = str(value).strip().lower()
+        if mode in ("pm", "both"):
+            raise ValueError(f"CXR_DICOM_HEATMAP={mode}: the Parametric Map is not implemented in this version; "
+                             "use sc (Secondary Capture) or off")
+        if mode not in ("sc", "off"):
+            raise ValueError(f"{value!r} is not a heatmap mode: use sc (Secondary Capture) or off")
+        return mode
+
+    @field_validator("dicomweb_destination_url")
+    @classmethod
+    def check_dicomweb_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not a DICOMweb base URL: use http(s)://host[:port]/path, e.g. "
+                             "https://pacs.hospital.org/dicom-web")
+        return url.rstrip("/") if url else None
+
+    @field_validator("dicomweb_auth_file")
+    @classmethod
+    def check_auth_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            from app.dicomweb import read_auth  # the same parser the sender uses: a bad file fails at start
+
+            read_auth(path)
+        return path
+
     @model_validator(mode="after")
     def check_dicom_destination(self) -> Settings:
-        if self.dicom_port is not None:
-            missing = [f"CXR_{name.upper()}" for name in ("dicom_destination_host", "dicom_destination_port",
-                                                         "dicom_destination_ae_title") if getattr(self, name) is None]
-            if missing:
-                raise ValueError(f"CXR_DICOM_PORT is set, so the SR destination is needed: set {', '.join(missing)}")
+        names = ("dicom_destination_host", "dicom_destination_port", "dicom_destination_ae_title")
+        missing = [f"CXR_{name.upper()}" for name in names if getattr(self, name) is None]
+        if 0 < len(missing) < len(names):
+            raise ValueError(f"the C-STORE destination is incomplete: set {', '.join(missing)} too")
+        if self.dicom_results_enabled and missing and self.dicomweb_destination_url is None:
+            given = "CXR_DICOM_PORT" if self.dicom_port is not None else "CXR_DICOMWEB_RECEIVE"
+            raise ValueError(f"{given} is set, so a result destination is needed: set {', '.join(missing)} "
+                             "(C-STORE) and/or CXR_DICOMWEB_DESTINATION_URL (STOW-RS)")
         return self
+
+    @property
+    def dicom_results_enabled(self) -> bool:
+        """Whether images arrive by a DICOM transport (the node's C-STORE port, or STOW-RS)."""
+        return self.dicom_port is not None or self.dicomweb_receive
+
+    @property
+    def cstore_destination(self) -> bool:
+        return self.dicom_destination_host is not None
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:

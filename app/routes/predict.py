@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
 from app.errors import InvalidInputError, ServiceError, TooManyFilesError, UploadTooLargeError, classify
-from app.renderers import DICOM, FHIR, JSON, check_upload, negotiate, render_bytes
+from app.renderers import DICOM, FHIR, JSON, MULTIPART, check_upload, negotiate, render_bytes, render_multipart
 from app.schemas import BatchResponse, ErrorResponse, PredictionResponse
 from app.settings import Settings
 from model_store.imaging import DecodeError
@@ -19,7 +19,8 @@ log = logging.getLogger("cxr.predict")
 router = APIRouter(tags=["predict"])
 # ?explain=true: Grad-CAM in the JSON answer (app/explain.py); the other renderers carry no map
 ExplainQuery = Annotated[bool, Query(description="add a Grad-CAM explanation (coarse grid + heatmap overlay PNG) "
-                                                 "to each JSON result; refused images get none")]
+                                                 "to each JSON result, or the heatmap Secondary Capture to a "
+                                                 "multipart/related DICOM answer; refused images get none")]
 # ?operating_point=NAME: which of the version's named thresholds decides (GET /models lists them)
 PointQuery = Annotated[str | None, Query(max_length=64, description="the named operating point that decides, e.g. "
                                                                     "screening or balanced (GET /models lists "
@@ -33,7 +34,9 @@ PREDICT_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {DICOM: {"schema": {"type": "string", "format": "binary"}},
                       FHIR: {"schema": {"type": "object"}}},
           "description": "JSON by default; Accept: application/dicom gives a DICOM SR (Comprehensive 3D SR, "
-                         "TID 1500) for a DICOM upload, Accept: application/fhir+json a FHIR DiagnosticReport"},
+                         "TID 1500) for a DICOM upload, Accept: application/fhir+json a FHIR DiagnosticReport, "
+                         "Accept: multipart/related; type=\"application/dicom\" the SR plus, with explain=true, "
+                         "the heatmap Secondary Capture it references"},
 }
 
 
@@ -64,6 +67,11 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
                                                        operating_point=operating_point)
             return prediction.as_dict(request_id)
         check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
+        if media_type == MULTIPART:
+            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain,
+                                                       operating_point=operating_point)
+            body, content_type = await asyncio.to_thread(render_multipart, prediction, data, settings.max_pixels)
+            return Response(body, headers={"Content-Type": content_type})
         prediction = await dataplane.predict_image(data, ticket=ticket, operating_point=operating_point)
         body = await asyncio.to_thread(render_bytes, media_type, prediction, data, request_id)
         return Response(body, media_type=media_type)

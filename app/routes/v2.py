@@ -2,8 +2,10 @@
 
 Requests go through the same data plane (and batcher) as /predict. Inputs: ``image`` (BYTES, one encoded file
 per element: raw in binary mode, base64 strings in JSON mode) or ``input`` (FP32, already preprocessed, shape
-[N, H, W, 1]). Outputs: ``probabilities`` (FP32 [N, C]) and ``label`` (BYTES [N]). Supports the binary tensor
-data extension (``Inference-Header-Content-Length``). Errors are ``{"error": "..."}``. The request parameter
+[N, H, W, 1]). Outputs: ``probabilities`` (FP32 [N, C]) and ``label`` (BYTES [N]) by default; ``heatmap`` (FP32
+[N, 14, 14], the Grad-CAM map on the model input, rows top to bottom, in [0, 1]) only when requested by name in
+``outputs``, since it costs a gradient pass. Supports the binary tensor data extension
+(``Inference-Header-Content-Length``). Errors are ``{"error": "..."}``. The request parameter
 ``operating_point`` picks the named threshold; the response parameters say which one decided, its threshold and
 the calibration (flat scalars, as the protocol's parameters are).
 """
@@ -27,6 +29,7 @@ from pydantic import BaseModel
 
 from app.dataplane import DataPlane, Prediction
 from app.errors import ModelNotFound, ServiceError, classify
+from app.explain import GRID_SIZE
 from app.model_manager import ModelManager, ServingModel
 from app.operating_points import OperatingPoint, calibration_of, choose, describe
 from app.schemas import ErrorDetail
@@ -37,7 +40,8 @@ open_router = APIRouter(prefix="/v2", tags=TAGS)  # server metadata and health: 
 router = APIRouter(prefix="/v2", tags=TAGS)
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "input"
-PROBABILITIES, LABEL = "probabilities", "label"
+PROBABILITIES, LABEL, HEATMAP = "probabilities", "label", "heatmap"
+OUTPUTS = (PROBABILITIES, LABEL, HEATMAP)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_VERSION = "0.1.0"
 
@@ -112,7 +116,8 @@ def model_metadata(model: ServingModel, configured: str | None = None) -> dict[s
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
                    {"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, size, size, 1]}],
         "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(meta.class_names)]},
-                    {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
+                    {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
+                    {"name": HEATMAP, "datatype": "FP32", "shape": [-1, GRID_SIZE, GRID_SIZE]}],
         "parameters": {"class_names": meta.class_names, "positive_class": meta.positive_class,
                        "decision_threshold": meta.decision_threshold, "sha256": model.artifact.sha256,
                        "preprocessing": meta.preprocessing.to_dict(), **describe(meta, configured)},
@@ -159,7 +164,8 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         dataplane: DataPlane = request.app.state.dataplane
         point_name = requested_point(header)
         point = dataplane.point(model, point_name)  # 422 for an unknown name, before any element runs
-        predictions = await run_inputs(dataplane, request_inputs, model, request, point_name)
+        predictions = await run_inputs(dataplane, request_inputs, model, request, point_name,
+                                       explain=HEATMAP in requested)
         return build_response(header, model, predictions, requested, point)
     except Exception as exc:
         return v2_error(exc, request)
@@ -317,14 +323,15 @@ def requested_outputs(header: dict[str, Any]) -> dict[str, bool]:
     chosen: dict[str, bool] = {}
     for output in outputs:
         name = output.get("name") if isinstance(output, dict) else None
-        if name not in (PROBABILITIES, LABEL):
-            raise V2Error(f"unknown output {name!r}; available: {PROBABILITIES!r}, {LABEL!r}")
+        if name not in OUTPUTS:
+            raise V2Error(f"unknown output {name!r}; available: {', '.join(map(repr, OUTPUTS))}")
         chosen[name] = bool((output.get("parameters") or {}).get("binary_data", default_binary))
     return chosen
 
 
 async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]], model: ServingModel,
-                     request: Request, operating_point: str | None = None) -> list[Prediction]:
+                     request: Request, operating_point: str | None = None, *, explain: bool = False
+                     ) -> list[Prediction]:
     name, items = request_inputs
     request_id = getattr(request.state, "request_id", "")
 
@@ -334,9 +341,9 @@ async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]]
             async with request.app.state.audit.track_request(request, f"{request_id}-{index}") as ticket:
                 if name == IMAGE_INPUT:
                     return await dataplane.predict_image(item, model=model, ticket=ticket,
-                                                         operating_point=operating_point)
+                                                         operating_point=operating_point, explain=explain)
                 return await dataplane.predict_tensor(item, model=model, ticket=ticket,
-                                                      operating_point=operating_point)
+                                                      operating_point=operating_point, explain=explain)
         except ServiceError:
             raise
         except Exception as exc:  # say which element was bad, keep the status its error class maps to
@@ -358,6 +365,12 @@ def build_response(header: dict[str, Any], model: ServingModel, predictions: lis
             entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probabilities.shape)}
             blob = probabilities.tobytes()
             data: Any = probabilities.reshape(-1).tolist()
+        elif name == HEATMAP:
+            maps = np.stack([p.explanation.grid for p in predictions if p.explanation is not None]).astype("<f4") \
+                if n else np.zeros((0, GRID_SIZE, GRID_SIZE), "<f4")
+            entry = {"name": name, "datatype": "FP32", "shape": list(maps.shape)}
+            blob = maps.tobytes()
+            data = maps.reshape(-1).tolist()
         else:
             entry = {"name": name, "datatype": "BYTES", "shape": [n]}
             blob = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in labels)
