@@ -5,10 +5,12 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from audit_pg import fresh_pg_database
@@ -17,9 +19,20 @@ from audit_rows import answer
 from sqlalchemy import event, select
 
 from app.audit import store
+from app.audit.hook import AuditHook
 from app.audit.models import AuditRecord
+from app.audit.ticket import Ticket
 from app.audit.writer import AuditWriter
+from app.errors import AuditUnavailableError
 from app.settings import Settings
+
+# what the data plane puts on a ticket, with the fields an audit row reads (no model run needed here)
+_META = SimpleNamespace(name="pneumonia", class_names=["NORMAL", "PNEUMONIA"], positive_class="PNEUMONIA",
+                        decision_threshold=0.5)
+_MODEL = SimpleNamespace(metadata=_META, version=2, artifact=SimpleNamespace(sha256="ab" * 32),
+                         describe=lambda: {"runtime": "keras"})
+PREDICTION = SimpleNamespace(model=_MODEL, probabilities=[0.3, 0.7], label="PNEUMONIA", timing_ms={"total": 1.0},
+                             gate=None)
 
 
 def make_writer(url: str, **kwargs) -> AuditWriter:
@@ -76,6 +89,26 @@ def test_a_record_withdrawn_before_the_writer_takes_it_is_never_stored(tmp_path:
     assert writer.dropped == {"withdrawn": 1}
     with pytest.raises(CancelledError):
         withdrawn.result(0)
+
+
+def test_an_answer_whose_record_is_not_committed_in_time_is_refused_and_its_record_withdrawn(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    writer = make_writer(url)  # not started yet: the store "hangs"
+    hook = AuditHook(writer, keys=[], salt=None, required=False, durable=True, commit_timeout_s=0.2)
+    ticket = hook.track(Ticket("late", "/predict", "anonymous"))
+
+    async def answer_once() -> None:
+        async with ticket as t:
+            t.prediction = PREDICTION
+
+    with pytest.raises(AuditUnavailableError):
+        asyncio.run(answer_once())
+    writer.start()
+    assert writer.flush(30)
+    writer.close(10)
+    assert stored_ids(url) == collections.Counter()  # the refused answer left no record
+    assert writer.dropped == {"withdrawn": 1}
 
 
 def test_required_implies_durable_and_refuses_a_contradiction() -> None:
