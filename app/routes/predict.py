@@ -21,7 +21,7 @@ router = APIRouter(tags=["predict"])
 ExplainQuery = Annotated[bool, Query(description="add a Grad-CAM explanation (coarse grid + heatmap overlay PNG) "
                                                  "to each JSON result; refused images get none")]
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422, 429, 500, 503)}
 # /predict answers by Accept: JSON (default), a DICOM SR (DICOM uploads only) or a FHIR DiagnosticReport
 PREDICT_RESPONSES: dict[int | str, dict[str, object]] = {
     **ERRORS, 406: {"model": ErrorResponse},

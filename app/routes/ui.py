@@ -2,7 +2,7 @@
 endpoint it needs besides /predict: the upload rendered to PNG as the server decoded it (DICOM included).
 
 The page and its assets are open (they hold no data); the preview decodes uploads, so it needs an API key when
-keys are configured, like /predict.
+keys are configured, like /predict (the predict scope).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.dataplane import NOTICE
@@ -22,6 +22,7 @@ from app.dependencies import DataPlaneDep, ManagerDep, SettingsDep
 from app.errors import NotReadyError
 from app.explain import preview_png
 from app.routes.predict import ERRORS, read_upload
+from app.security import access_of
 from app.settings import Settings
 from model_store.imaging import decode
 
@@ -74,8 +75,8 @@ async def asset(name: str) -> Response:
 
 
 @router.get("/ui/config", summary="What the review page needs to know before an upload")
-async def config(settings: SettingsDep) -> dict[str, object]:
-    return {"notice": NOTICE, "api_key_required": bool(settings.api_keys),
+async def config(request: Request, settings: SettingsDep) -> dict[str, object]:
+    return {"notice": NOTICE, "api_key_required": not access_of(request).open,
             "max_upload_bytes": settings.max_upload_bytes}
 
 
