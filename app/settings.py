@@ -99,6 +99,9 @@ class Settings(BaseSettings):
                                       "required with CXR_OIDC_JWKS")
     oidc_roles_claim: str | None = Field(None, description="optional claim (dotted path) whose cxr:<scope> "
                                          "entries also grant scopes, e.g. realm_access.roles (Keycloak)")
+    oidc_jwks_cooldown_s: float = Field(30.0, ge=0, le=3600, description="least seconds between two JWKS "
+                                        "fetches forced by tokens naming an unknown kid (key rotation), 0-3600, "
+                                        "e.g. 30; keeps forged kids from hammering the identity provider")
     allow_unauthenticated: bool = Field(False, description="true = serve every route without credentials although "
                                         "CXR_HOST is not loopback (only behind a proxy or mesh that authenticates); "
                                         "false = refuse with 401 until keys or sign-on are configured")

@@ -47,7 +47,8 @@ class AccessControl:
                        for key in settings.api_keys]
         self.key_file = keyfile.KeyFile(settings.api_keys_file) if settings.api_keys_file else None
         self.oidc = OidcVerifier(settings.oidc_jwks, issuer=str(settings.oidc_issuer),
-                                 audience=str(settings.oidc_audience), roles_claim=settings.oidc_roles_claim) \
+                                 audience=str(settings.oidc_audience), roles_claim=settings.oidc_roles_claim,
+                                 cooldown_s=settings.oidc_jwks_cooldown_s) \
             if settings.oidc_jwks else None
         self.limiter = RateLimiter(*parse_rate(settings.rate_limit)) if settings.rate_limit else None
         self.protect_metrics = settings.protect_metrics

@@ -60,13 +60,14 @@ class _JwksFile:
 
 
 class OidcVerifier:
-    def __init__(self, jwks: str, *, issuer: str, audience: str, roles_claim: str | None = None) -> None:
+    def __init__(self, jwks: str, *, issuer: str, audience: str, roles_claim: str | None = None,
+                 cooldown_s: float = 30.0) -> None:
         self.issuer = issuer
         self.audience = audience
         self.roles_claim = roles_claim
         self.remote = jwks.startswith(("https://", "http://"))
-        self._client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=10) \
-            if self.remote else None
+        self._client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=10,
+                                       cooldown_duration=cooldown_s) if self.remote else None
         self._file = None if self.remote else _JwksFile(Path(jwks))
 
     def _signing_key(self, token: str, header: dict[str, Any]) -> jwt.PyJWK:
