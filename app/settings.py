@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", env_file=None, extra="ignore")
 
     # Each description says what a correct value looks like: it is quoted in start-up errors and docs/configuration.md.
-    host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 (containers)")
+    host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 "
+                      "(containers); beyond loopback, protected routes need API keys or sign-on configured")
     port: int = Field(8000, ge=1, le=65535, description="TCP port, 1-65535, e.g. 8000")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, 1-64 (each loads the model)")
 

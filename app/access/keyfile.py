@@ -159,7 +159,11 @@ class KeyFile:
             self.entries, self._signature = [], None
             return
         self.entries, self._signature, self._missing_logged = entries, signature, False
-        log.info("access: %d key(s) loaded from %s", len(entries), self.path)
+        if entries:
+            log.info("access: %d key(s) loaded from %s", len(entries), self.path)
+        else:
+            log.warning("access: %s holds no keys, so API keys are refused; add one: cxr-keys add NAME "
+                        "--scopes predict --file %s", self.path, self.path)
 
     def lookup(self, key: str) -> Caller | None:
         self.refresh()
