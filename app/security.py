@@ -54,9 +54,9 @@ async def authenticate(request: Request) -> Caller:
     access = access_of(request)
     credential = presented_key(request)
     caller = access.authenticate_key(credential)
-    if caller is None:  # a sign-on token: a JWKS fetch may block, so off the event loop
+    if caller is None:  # a sign-on token: a JWKS fetch may block, so off the event loop unless seen before
         assert credential is not None
-        caller = await asyncio.to_thread(access.verify_token, credential)
+        caller = access.cached_token(credential) or await asyncio.to_thread(access.verify_token, credential)
     request.state.caller = caller
     if access.limiter is not None:
         access.limiter.check(_bucket_of(request, caller))

@@ -61,6 +61,9 @@ def check_costs(workdir: Path) -> dict[str, float]:
         "open (loopback, nothing configured)": (Settings(), {}),
         "key from the key file (21 keys)": (Settings(api_keys_file=key_file), {"X-API-Key": key}),
         "flat CXR_API_KEYS key": (Settings(api_keys=[flat]), {"X-API-Key": flat}),
+        "RS256 sign-on token seen before (verified once, then cached until exp)": (
+            Settings(oidc_jwks=str(jwks), oidc_issuer="https://idp", oidc_audience="cxr"),
+            {"Authorization": f"Bearer {token}"}),
     }
     costs = {}
     for name, (settings, headers) in cases.items():

@@ -104,6 +104,10 @@ class AccessControl:
             return None
         raise UnauthorizedError("invalid API key" + (" or sign-on token" if self.oidc is not None else ""))
 
+    def cached_token(self, credential: str) -> Caller | None:
+        """A sign-on token verified before and not expired (no signature check, no thread hop)."""
+        return self.oidc.cached(credential) if self.oidc is not None else None
+
     def verify_token(self, credential: str) -> Caller:
         assert self.oidc is not None
         return self.oidc.verify(credential)

@@ -8,8 +8,11 @@ key can pass; ``exp``, ``iss`` and ``aud`` are required and checked.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 ASYMMETRIC_KEY_TYPES = ("RSA", "EC", "OKP")
 LEEWAY_S = 30  # clock skew tolerated between the provider and this service
 JWKS_CACHE_S = 300
+VERIFIED_CACHE = 4096  # tokens whose signature was checked: reused until they expire (a signature costs ~0.1 ms)
 
 
 class AuthUnavailableError(ServiceError):
@@ -69,6 +73,16 @@ class OidcVerifier:
         self._client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=10,
                                        cooldown_duration=cooldown_s) if self.remote else None
         self._file = None if self.remote else _JwksFile(Path(jwks))
+        # sha256(token) -> (caller, exp): a verified token stays valid until its exp, so re-checking its signature
+        # on every request buys nothing
+        self._verified: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
+
+    def cached(self, token: str) -> Caller | None:
+        """The caller of a token verified before and not yet expired; None otherwise (then ``verify``)."""
+        found = self._verified.get(hashlib.sha256(token.encode()).digest())
+        if found is None or found[1] <= time.time():
+            return None
+        return found[0]
 
     def _signing_key(self, token: str, header: dict[str, Any]) -> jwt.PyJWK:
         try:
@@ -117,7 +131,14 @@ class OidcVerifier:
         name = claims.get("sub") or claims.get("client_id") or claims.get("azp")
         if not isinstance(name, str) or not name:
             raise UnauthorizedError("invalid token: no 'sub', 'client_id' or 'azp' claim names the caller")
-        return Caller(name[:128], self.scopes_of(claims), "token")
+        caller = Caller(name[:128], self.scopes_of(claims), "token")
+        self._remember(token, caller, float(claims["exp"]))
+        return caller
+
+    def _remember(self, token: str, caller: Caller, expires: float) -> None:
+        self._verified[hashlib.sha256(token.encode()).digest()] = (caller, expires)
+        while len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
 
     def scopes_of(self, claims: dict[str, Any]) -> frozenset[str]:
         """``cxr:<scope>`` entries of ``scope`` (space-separated), ``scp`` (list or string) and the roles claim

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,18 @@ def test_jwks_file_and_rotation(tmp_path: Path) -> None:
     assert verifier.verify(idp.token("ec-2")).scopes == {"predict"}
     with pytest.raises(UnauthorizedError, match="names the caller"):
         verifier.verify(idp.token(sub=None))
+
+
+def test_verified_tokens_are_reused_until_they_expire(tmp_path: Path) -> None:
+    idp = IdentityProvider()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(idp.jwks()))
+    verifier = OidcVerifier(str(path), issuer=ISSUER, audience=AUDIENCE)
+    now = int(time.time())
+    token = idp.token(exp=now + 2)
+    assert verifier.cached(token) is None
+    caller = verifier.verify(token)
+    assert verifier.cached(token) == caller
+    assert verifier.cached(idp.token(exp=now + 2, sub="someone-else")) is None
+    time.sleep(max(0.0, now + 2 - time.time()) + 0.05)
+    assert verifier.cached(token) is None, "an expired token is checked again (and refused past the leeway)"
