@@ -7,7 +7,7 @@ Body: ``{"error": {"code": "...", "message": "...", "request_id": "..."}}``. No 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +59,21 @@ class ModelNotFound(ServiceError):
 
 
 class UnauthorizedError(ServiceError):
+    """No valid credentials (RFC 6750: answered with ``WWW-Authenticate: Bearer``)."""
+
     code, status = "unauthorized", 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="cxr-serve"'}
+
+
+class ForbiddenError(ServiceError):
+    """Valid credentials without the scope the route needs; ``details.required_scope`` names it."""
+
+    code, status = "forbidden", 403
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message, details={"required_scope": scope})
+        self.headers = {"WWW-Authenticate": f'Bearer realm="cxr-serve", error="insufficient_scope", '
+                                            f'scope="cxr:{scope}"'}
 
 
 class InferenceError(ServiceError):
@@ -191,7 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             log.info("request %s rejected: %s %s: %s", request_id, status, code, message)
         return error_response(status, code, message, request_id, getattr(exc, "retry_after", None),
-                              details=getattr(exc, "details", None))
+                              headers=getattr(exc, "headers", None), details=getattr(exc, "details", None))
 
     app.add_exception_handler(ServiceError, any_error)  # type: ignore[arg-type]
     for kind, _, _ in ERROR_TABLE:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
+from app.access.control import AccessControl
 from app.audit import Audit
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
@@ -35,7 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
-    audit = Audit(settings, metrics)
+    access = AccessControl(settings)
+    access.log_start()
+    audit = Audit(settings, metrics, access=access)
     dicom_node = None
     if settings.dicom_results_enabled:  # a C-STORE port and/or the STOW-RS receiver
         from app.dicom_node import DicomNode  # pynetdicom is loaded only where a DICOM node is configured
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     app.state.dataplane = dataplane
     app.state.audit = audit
+    app.state.access = access
     app.state.dicom_node = dicom_node
     install_error_handlers(app)
     app.include_router(router)

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", env_file=None, extra="ignore")
 
     # Each description says what a correct value looks like: it is quoted in start-up errors and docs/configuration.md.
-    host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 (containers)")
+    host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 "
+                      "(containers); beyond loopback, protected routes need API keys or sign-on configured")
     port: int = Field(8000, ge=1, le=65535, description="TCP port, 1-65535, e.g. 8000")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, 1-64 (each loads the model)")
 
@@ -90,8 +91,31 @@ class Settings(BaseSettings):
     explain_overlay_max_side: int = Field(512, ge=32, le=4096, description="longer side of the heatmap overlay PNG "
                                           "in pixels, 32-4096, e.g. 512 (the upload's aspect ratio is kept)")
 
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated keys, "
-                                                     "each >= 16 characters; empty = no authentication")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="deprecated: "
+                                                     "comma-separated keys, each >= 16 characters, each with every "
+                                                     "scope; use CXR_API_KEYS_FILE")
+    api_keys_file: Path | None = Field(None, description="API key file written by cxr-keys (names, scopes and "
+                                       "SHA-256 hashes, one JSON object per line), e.g. /run/secrets/cxr-api-keys; "
+                                       "re-read when it changes")
+    oidc_jwks: str | None = Field(None, description="hospital sign-on: the identity provider's JWKS, an https:// "
+                                  "URL (cached, re-fetched for an unknown kid) or a file path, e.g. "
+                                  "https://sso.hospital.org/realms/cxr/protocol/openid-connect/certs")
+    oidc_issuer: str | None = Field(None, description="the tokens' iss, e.g. https://sso.hospital.org/realms/cxr; "
+                                    "required with CXR_OIDC_JWKS")
+    oidc_audience: str | None = Field(None, description="the tokens' aud naming this service, e.g. cxr-serve; "
+                                      "required with CXR_OIDC_JWKS")
+    oidc_roles_claim: str | None = Field(None, description="optional claim (dotted path) whose cxr:<scope> "
+                                         "entries also grant scopes, e.g. realm_access.roles (Keycloak)")
+    oidc_jwks_cooldown_s: float = Field(30.0, ge=0, le=3600, description="least seconds between two JWKS "
+                                        "fetches forced by tokens naming an unknown kid (key rotation), 0-3600, "
+                                        "e.g. 30; keeps forged kids from hammering the identity provider")
+    allow_unauthenticated: bool = Field(False, description="true = serve every route without credentials although "
+                                        "CXR_HOST is not loopback (only behind a proxy or mesh that authenticates); "
+                                        "false = refuse with 401 until keys or sign-on are configured")
+    protect_metrics: bool = Field(False, description="true = /metrics needs the monitor scope (give Prometheus a "
+                                  "key: bearer credentials_file); false = open, like the health probes")
+    rate_limit: str | None = Field(None, description="requests per caller (key name or token subject), N/second, "
+                                   "N/minute or N/hour, e.g. 600/minute; beyond it 429 + Retry-After; unset = none")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated "
                                                          "origins, e.g. https://viewer.example.org; empty = no CORS")
 
@@ -240,6 +264,32 @@ class Settings(BaseSettings):
             if len(key) < 16:
                 raise ValueError("each CXR_API_KEYS entry must be at least 16 characters (use a random token)")
         return keys
+
+    @field_validator("api_keys_file", "oidc_jwks", "oidc_issuer", "oidc_audience", "oidc_roles_claim",
+                     "rate_limit", mode="before")
+    @classmethod
+    def empty_is_unset(cls, value: object) -> object:
+        """Compose's ``${VAR:-}`` hands an empty string for an unset variable."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def check_rate(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from app.access.ratelimit import parse_rate
+
+        parse_rate(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def check_oidc(self) -> Settings:
+        if self.oidc_jwks:
+            missing = [f"CXR_{name.upper()}" for name in ("oidc_issuer", "oidc_audience") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"CXR_OIDC_JWKS is set, so tokens must be pinned to their issuer and audience: "
+                                 f"set {', '.join(missing)}")
+        return self
 
     @model_validator(mode="after")
     def durable_when_required(self) -> Settings:

@@ -8,6 +8,11 @@ wrk.method = "POST"
 wrk.body = handle:read("*a")
 handle:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+-- an API key, for servers that need one (benchmarks/auth_overhead.py); servers without access control ignore it
+local api_key = os.getenv("BENCH_API_KEY")
+if api_key and api_key ~= "" then
+  wrk.headers["X-API-Key"] = api_key
+end
 
 local threads = {}
 

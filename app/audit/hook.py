@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 
@@ -35,13 +35,21 @@ def audited_path(method: str, path: str) -> bool:
     return path in ("/predict", "/predict/batch") or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
+class Labeller(Protocol):
+    def label_of(self, credential: str | None) -> str: ...
+
+
 class ClientLabels:
-    """The client of a request as a label: the API key's name, never the key. Keys carry no names, so each is
-    named ``key-<first 8 hex digits of its sha256>``: stable, and it cannot be turned back into the key."""
+    """The client of a request as a label: the API key's name, never the key. Flat CXR_API_KEYS keys carry no
+    names, so each is named ``key-<first 8 hex digits of its sha256>``: stable, and it cannot be turned back
+    into the key. (With an ``AccessControl`` the hook asks it instead: key-file keys have names.)"""
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self._labels = {key: "key-" + hashlib.sha256(key.encode()).hexdigest()[:8] for key in keys}
+
+    def label_of(self, headers_key: str | None) -> str:
+        return self.of(headers_key)
 
     def of(self, headers_key: str | None) -> str:
         if not self.keys:
@@ -101,9 +109,9 @@ class Tracked:
 
 class AuditHook:
     def __init__(self, writer: AuditWriter, *, keys: list[str], salt: str | None, required: bool,
-                 durable: bool = False, commit_timeout_s: float = 10.0) -> None:
+                 durable: bool = False, commit_timeout_s: float = 10.0, labels: Labeller | None = None) -> None:
         self.writer = writer
-        self.clients = ClientLabels(keys)
+        self.clients: Labeller = labels if labels is not None else ClientLabels(keys)
         self.salt = salt
         self.required = required
         self.durable = durable
@@ -138,11 +146,21 @@ class AuditHook:
 
     def ticket(self, scope: dict[str, Any], request_id: str, client_key: str | None) -> Ticket:
         route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
-        return Ticket(request_id=request_id, route=route, client=self.clients.of(client_key), salt=self.salt)
+        return Ticket(request_id=request_id, route=route, client=self.clients.label_of(client_key), salt=self.salt)
+
+    def http_ticket(self, scope: dict[str, Any], request_id: str) -> Ticket:
+        """The caller that access control established (app.security) names the client; a request refused
+        before that (no or a wrong credential, a body over the limit) is labelled from its headers."""
+        route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+        caller = scope.get("state", {}).get("caller")
+        if caller is not None:
+            return Ticket(request_id=request_id, route=route, client=caller.name[:64], salt=self.salt,
+                          caller=caller.identity)
+        return self.ticket(scope, request_id, presented_key(Request(scope)))
 
     def track_request(self, request: Any, item_id: str) -> Tracked:
         """For an HTTP request (a Starlette ``Request``): the ticket of one image, tracked."""
-        ticket = self.ticket(request.scope, item_id, presented_key(request))
+        ticket = self.http_ticket(request.scope, item_id)
         return Tracked(self, ticket, request.scope.setdefault("state", {}))
 
     def track(self, ticket: Ticket, state: dict[str, Any] | None = None) -> Tracked:
@@ -158,5 +176,5 @@ class AuditHook:
         if state.get(RECORDED):
             return
         state[RECORDED] = True
-        ticket = self.ticket(scope, str(state.get("request_id", "")), presented_key(Request(scope)))
+        ticket = self.http_ticket(scope, str(state.get("request_id", "")))
         self.writer.enqueue(refusal_row(ticket, status, code))

@@ -36,7 +36,7 @@ class _Untracked:
 
 
 class Audit:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, access: Any = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.enabled = settings.audit_enabled
@@ -50,9 +50,11 @@ class Audit:
         self.writer = AuditWriter(self.engine, capacity=settings.audit_buffer, batch_size=settings.audit_batch_size,
                                   linger_s=0.0 if self.durable else 0.05,
                                   stats=stats) if self.engine is not None else None
+        # the access control labels clients that were refused before their caller was known
         self.hook = AuditHook(self.writer, keys=settings.api_keys, salt=settings.audit_salt,
                               required=settings.audit_required, durable=self.durable,
-                              commit_timeout_s=settings.audit_commit_timeout_s) if self.writer is not None else None
+                              commit_timeout_s=settings.audit_commit_timeout_s,
+                              labels=access) if self.writer is not None else None
         self.model_source: Any = None  # the ModelManager, for the monitor's drift reference
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -116,7 +118,8 @@ class Audit:
     def track_item(self, request_id: str, route: str, client: str) -> Tracked | _Untracked:
         """For transports without an HTTP request (e.g. the DICOM node: route "dicom", client its calling AE
         title): ``async with audit.track_item(...) as ticket: await dataplane.predict_image(data, ticket=ticket)``."""
-        ticket = Ticket(request_id, route, client, salt=self.settings.audit_salt)
+        # the calling AE title is also the caller's identity for the audit's caller column
+        ticket = Ticket(request_id, route, client, salt=self.settings.audit_salt, caller=client)
         return _Untracked(ticket) if self.hook is None else self.hook.track(ticket)
 
     def refused_request(self, scope: dict[str, Any], status: int, code: str) -> None:

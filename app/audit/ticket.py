@@ -61,6 +61,7 @@ class Ticket:
     route: str
     client: str
     salt: str | None = None
+    caller: str | None = None  # the key name or token subject (never the credential); None when anonymous
     input: InputInfo | None = None
     prediction: Any = None
     started: float = field(default_factory=time.perf_counter)
@@ -89,7 +90,8 @@ def base_row(ticket: Ticket, outcome: str, status: int, code: str | None) -> dic
     info = ticket.input
     row: dict[str, Any] = {
         "request_id": ticket.request_id[:160], "created_at": datetime.now(UTC), "route": ticket.route[:200],
-        "client": ticket.client[:64], "outcome": outcome, "status": status, "error_code": code,
+        "client": ticket.client[:64], "caller": ticket.caller[:128] if ticket.caller else None,
+        "outcome": outcome, "status": status, "error_code": code,
         "input_sha256": info.sha256 if info else None, "input_format": info.format if info else None,
         "input_bytes": info.size if info else None,
         # "item": this answer or refusal from the transport's first look at it to now, in ms

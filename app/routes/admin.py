@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app.dependencies import ManagerDep
 from app.errors import InvalidInputError, ModelNotFound, OperatingPointUnavailableError, ServiceError
 from app.schemas import ErrorResponse, ModelRef
+from app.security import access_of
 from model_store.artifact import ArtifactError
 from model_store.registry import ModelNotFoundError
 
@@ -32,8 +33,9 @@ class ReloadFailedError(ServiceError):
 
 
 @router.post("/reload", response_model=ReloadResponse,
-             responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 422, 500, 503)})
-async def reload(manager: ManagerDep, body: ReloadRequest | None = None) -> dict[str, object]:
+             responses={status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 422, 500, 503)})
+async def reload(request: Request, manager: ManagerDep, body: ReloadRequest | None = None) -> dict[str, object]:
+    access_of(request).reload()  # a reload also re-reads the API key file
     previous = manager.current.describe()
     version = body.version if body else None
     try:
@@ -53,5 +55,6 @@ async def reload(manager: ManagerDep, body: ReloadRequest | None = None) -> dict
                   previous["version"], exc_info=exc)
         raise ReloadFailedError(f"reload failed ({type(exc).__name__}); version {previous['version']} "
                                 "keeps serving") from exc
-    log.info("reloaded: %s v%s -> v%s", previous["name"], previous["version"], active.version)
+    log.info("reloaded: %s v%s -> v%s (by %s)", previous["name"], previous["version"], active.version,
+             request.state.caller.name)
     return {"previous": previous, "active": active.describe()}

@@ -15,7 +15,7 @@ router = APIRouter(tags=["audit"])
 
 
 @router.get("/monitoring", response_model=MonitoringResponse,
-            responses={status: {"model": ErrorResponse} for status in (401, 503)},
+            responses={status: {"model": ErrorResponse} for status in (401, 403, 429, 503)},
             summary="Live performance over the rolling window (CXR_AUDIT_WINDOW_HOURS) of the active model")
 async def monitoring(request: Request) -> dict[str, object]:
     audit = request.app.state.audit

@@ -27,7 +27,7 @@ PointQuery = Annotated[str | None, Query(max_length=64, description="the named o
                                                                     "the active version's); default: "
                                                                     "CXR_OPERATING_POINT, else the version's own")]
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422, 429, 500, 503)}
 # /predict answers by Accept: JSON (default), a DICOM SR (DICOM uploads only) or a FHIR DiagnosticReport
 PREDICT_RESPONSES: dict[int | str, dict[str, object]] = {
     **ERRORS, 406: {"model": ErrorResponse},

@@ -2,7 +2,7 @@
 endpoint it needs besides /predict: the upload rendered to PNG as the server decoded it (DICOM included).
 
 The page and its assets are open (they hold no data); the preview decodes uploads, so it needs an API key when
-keys are configured, like /predict.
+keys are configured, like /predict (the predict scope).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.dataplane import NOTICE
@@ -23,6 +23,7 @@ from app.errors import NotReadyError
 from app.explain import preview_png
 from app.operating_points import describe
 from app.routes.predict import ERRORS, read_upload
+from app.security import access_of
 from app.settings import Settings
 from model_store.imaging import decode
 
@@ -75,14 +76,14 @@ async def asset(name: str) -> Response:
 
 
 @router.get("/ui/config", summary="What the review page needs to know before an upload")
-async def config(settings: SettingsDep, manager: ManagerDep) -> dict[str, object]:
+async def config(request: Request, settings: SettingsDep, manager: ManagerDep) -> dict[str, object]:
     # the names of the active version's operating points (not their thresholds: this route is open)
     try:
         points = describe(manager.current.metadata, settings.operating_point)
         names, default = sorted(points["operating_points"]), points["default_operating_point"]
     except NotReadyError:
         names, default = [], None
-    return {"notice": NOTICE, "api_key_required": bool(settings.api_keys),
+    return {"notice": NOTICE, "api_key_required": not access_of(request).open,
             "max_upload_bytes": settings.max_upload_bytes, "operating_points": names,
             "default_operating_point": default}
 

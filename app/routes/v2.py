@@ -54,7 +54,7 @@ class V2ErrorBody(BaseModel):
 
 
 V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": V2ErrorBody} for status in (400, 401, 404, 413, 415, 422, 500, 503)}
+    status: {"model": V2ErrorBody} for status in (400, 401, 403, 404, 413, 415, 422, 429, 500, 503)}
 
 
 class V2Error(ServiceError):

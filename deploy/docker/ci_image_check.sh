@@ -69,6 +69,10 @@ export DOCKER_HOST=unix://$SOCK DOCKER_CONFIG=$WORK/docker-config DOCKER_BUILDKI
 export COMPOSE_PROJECT_NAME=cxr-image-check
 # Compose reads these from the environment: keep the host's values out of the checked configuration.
 unset CXR_API_KEYS CXR_BIND CXR_PORT CXR_GPU_PORT CXR_IMAGE CXR_TAG CXR_GPU_TAG
+# The api services mount the API key file as a Compose secret: an empty one of the check's own (no keys: the
+# protected routes answer 401; the health check needs none).
+export CXR_API_KEYS_SECRET=$WORK/cxr-api-keys.jsonl
+: > "$CXR_API_KEYS_SECRET" && chmod 644 "$CXR_API_KEYS_SECRET"
 DOCKERD_PID=""
 RUN_NAME=cxr-image-check-run
 HARDENED_NAME=cxr-image-check-hardened

@@ -89,3 +89,16 @@ def test_train_service_runs_cxr_train_into_the_store():
     args = dict(zip(entrypoint[1::2], entrypoint[2::2], strict=True))
     assert args["--store"] == image_env("cpu")["CXR_MODEL_STORE"]
     assert "/srv/xray:/data:ro" in train["volumes"] and args["--data"] == "/data"
+
+
+def test_api_keys_come_from_a_secret():
+    compose = compose_file({"CXR_API_KEYS_SECRET": "/srv/cxr/keys.jsonl"})
+    assert compose["secrets"]["cxr-api-keys"]["file"] == "/srv/cxr/keys.jsonl"
+    assert compose_file()["secrets"]["cxr-api-keys"]["file"] == "./secrets/cxr-api-keys.jsonl"
+    for name in ("api", "api-gpu"):
+        service = compose["services"][name]
+        (secret,) = service["secrets"]
+        assert secret == {"source": "cxr-api-keys", "target": "cxr-api-keys"}
+        # Compose mounts a secret with target NAME at /run/secrets/NAME
+        assert service["environment"]["CXR_API_KEYS_FILE"] == "/run/secrets/cxr-api-keys"
+    assert "secrets" not in compose["services"]["train"], "training needs no API keys"

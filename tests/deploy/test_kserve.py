@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -73,7 +74,13 @@ def test_custom_predictor_speaks_v2_on_our_port(isvc):
     assert [p["containerPort"] for p in container["ports"]] == [port], "Knative allows one port"
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
     assert container["livenessProbe"]["httpGet"]["port"] == port
-    assert "startupProbe" not in container and "volumes" not in predictor, "Knative refuses these"
+    assert "startupProbe" not in container, "Knative refuses it"
+    # Knative accepts Secret (and ConfigMap/projected) volumes only: the API key file, where the service reads it
+    (volume,) = predictor["volumes"]
+    assert set(volume) == {"name", "secret"} and volume["secret"]["optional"] is True
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == volume["name"] and mount["readOnly"] is True
+    assert Path(env["CXR_API_KEYS_FILE"]).parent == Path(mount["mountPath"])
     assert not container["image"].endswith(":latest") and ":" in container["image"]
     assert container["securityContext"]["runAsNonRoot"] is True
     assert isvc["metadata"]["name"].replace("-", "").isalnum() and isvc["metadata"]["name"][0].isalpha()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -92,10 +93,15 @@ def test_deployment(renders, render):
     assert "memory" in container["resources"]["limits"]
     (config,) = container["envFrom"]
     assert config["configMapRef"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
-    api_keys = next(e for e in container["env"] if e["name"] == "CXR_API_KEYS")["valueFrom"]["secretKeyRef"]
-    assert api_keys["optional"] is True, "API keys are optional"
     audit_url = next(e for e in container["env"] if e["name"] == "CXR_AUDIT_URL")["valueFrom"]["secretKeyRef"]
     assert audit_url["optional"] is True, "a shared audit store is optional (a Secret: the URL holds a password)"
+    # the API key file comes from a Secret mounted as a folder (updates reach the pod: no subPath)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] is True and "subPath" not in mount
+    secret = next(v for v in spec["volumes"] if v["name"] == "api-keys")["secret"]
+    assert secret["optional"] is True, "the pod starts without it (and refuses protected routes with 401)"
+    key_file = Path(kinds["ConfigMap"]["data"]["CXR_API_KEYS_FILE"])
+    assert key_file.parent == Path(mount["mountPath"])
 
 
 @pytest.mark.parametrize("render", list(KUSTOMIZATIONS))
