@@ -114,6 +114,9 @@ class VersionInfo(BaseModel):
     calibration: Calibration | None = None
     provenance: dict[str, object] = Field(default_factory=dict, description="where a derived (site-calibrated) "
                                           "version came from: base version, site sample, method, date")
+    site: dict[str, object] | None = Field(None, description="a site version's figures on its site sample "
+                                           "(cxr-site calibrate): AUC, ECE, Brier, the calibration fit and each "
+                                           "operating point's sensitivity and specificity with intervals")
     error: str | None = Field(None, description="why the version's metadata could not be read")
 
 

@@ -21,6 +21,8 @@ def make_site_store(root: Path, base: Path, site: dict[str, Any], points: dict[s
     derived = dataclasses.replace(
         meta, version=str(version + 1), site_calibration=dict(site), operating_points=dict(points),
         default_operating_point=default, decision_threshold=points[default],
+        metrics={**meta.metrics, "site": {"name": "test site", "operating_points": {
+            name: {"threshold": t} for name, t in points.items()}}},
         provenance={"base_version": version, "base_sha256": file_sha256(base), "films": {"NORMAL": 5}})
     copy_with_metadata(base, derived, root / meta.name / str(version + 1) / "model.h5")
     return root

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from app.audit import store
-from app.audit.drift import band, on_served_scale, reference_of
+from app.audit.drift import band, reference_of
 from app.audit.hook import AuditHook, Tracked
 from app.audit.monitoring import window_stats
 from app.audit.ticket import Ticket
@@ -16,7 +16,6 @@ from app.audit.writer import AuditWriter, WriterStats
 from app.errors import AuditUnavailableError
 from app.metrics import Metrics
 from app.settings import Settings
-from model_store.site_calibration import site_calibration_of
 
 log = logging.getLogger("cxr.audit")
 BANDS = {"stable": 0, "moderate": 1, "significant": 2}
@@ -144,8 +143,7 @@ class Audit:
         if model is not None:
             meta = model.metadata
             figures = window_stats(engine, hours=self.settings.audit_window_hours,
-                                   model_sha256=model.artifact.sha256,
-                                   reference=on_served_scale(reference_of(meta.metrics), site_calibration_of(meta)),
+                                   model_sha256=model.artifact.sha256, reference=reference_of(meta.metrics),
                                    positive_class=meta.positive_class)
             figures["model"] = model.describe()
         else:

@@ -26,7 +26,8 @@ def version_details(registry: ModelRegistry, name: str, configured: str | None) 
             details.append({"version": version, "operating_points": None, "default_operating_point": None,
                             "error": type(exc).__name__})  # the message may hold server paths
             continue
-        details.append({"version": version, **describe(meta, configured), "provenance": meta.provenance})
+        details.append({"version": version, **describe(meta, configured), "provenance": meta.provenance,
+                        "site": meta.metrics.get("site")})
     return details
 
 

@@ -243,6 +243,7 @@ def test_models_lists_each_versions_points_calibration_and_provenance(server, si
     assert versions[2]["calibration"]["site_calibration"] is None
     assert versions[3]["operating_points"] == pytest.approx(site["points"])
     assert versions[3]["provenance"]["films"] == {"NORMAL": 5}
+    assert versions[3]["site"]["name"] == "test site" and versions[2]["site"] is None
 
 
 def test_rollback_to_the_base_version_answers_at_its_stored_threshold(server, site, films):

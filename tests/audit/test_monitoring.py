@@ -11,10 +11,9 @@ from audit_rows import SHA, answer, days_ago, refusal
 from sqlalchemy import insert, select
 
 from app.audit import store
-from app.audit.drift import Reference, band, bin_index, drift_report, on_served_scale, psi, reference_of
+from app.audit.drift import Reference, band, bin_index, drift_report, psi, reference_of
 from app.audit.models import AuditRecord, Feedback
 from app.audit.monitoring import window_stats
-from model_store.site_calibration import SiteCalibration
 
 EDGES = [i / 10 for i in range(11)]
 
@@ -122,16 +121,3 @@ def test_no_validation_distribution_means_drift_unavailable_not_faked() -> None:
     few = drift_report(good, [1] * 10)  # 10 answers: too few for a PSI
     assert few["available"] is False and "psi" not in few and few["n"] == 10
 
-
-def test_a_site_version_compares_its_answers_with_validation_on_its_own_scale():
-    """A site calibration moves every probability, not the population: validation scores mapped through it fall
-    in the same bins of the mapped reference as the raw scores in the stored one (PSI 0, not drift)."""
-    reference = Reference([i / 10 for i in range(11)], [3, 5, 8, 9, 7, 6, 5, 4, 2, 1])
-    site = SiteCalibration(intercept=-0.9, slope=0.7, method="logistic")
-    served = on_served_scale(reference, site)
-    assert isinstance(served, Reference) and served.counts == reference.counts and served.edges != reference.edges
-    scores = [0.01 + 0.98 * k / 499 for k in range(500)]
-    mapped = site.apply(scores)
-    assert [bin_index(p, reference.edges) for p in scores] == [bin_index(float(p), served.edges) for p in mapped]
-    assert on_served_scale(reference, None) is reference
-    assert on_served_scale("no distribution", site) == "no distribution"
