@@ -247,3 +247,20 @@ def test_auth_file_bearer_basic_and_bad(tmp_path):
     with pytest.raises(ValueError, match="'Bearer <token>' or 'Basic <user>:<password>'") as info:
         read_auth(path)
     assert "s3cret" not in str(info.value)
+
+
+def test_stow_sender_reports_an_unreachable_destination_without_raising(tmp_path):
+    """One attempt of the STOW-RS sender (the node retries it like C-STORE): a reason string, never an
+    exception, and no UID or patient data in it."""
+    from app.dicomweb import StowSender
+
+    auth = tmp_path / "auth"
+    auth.write_text("Bearer not-a-real-token")
+    sender = StowSender(f"http://127.0.0.1:{free_port()}/dicom-web", timeout=2, auth_file=auth)
+    dataset = dcmread(io.BytesIO(chest_dicom(np.full((300, 300), 128, dtype=np.uint8))))
+    try:
+        reason = sender.send_once([dataset])
+    finally:
+        sender.close()
+    assert reason is not None and reason.startswith("cannot reach the DICOMweb destination")
+    assert dataset.SOPInstanceUID not in reason and "not-a-real-token" not in reason
