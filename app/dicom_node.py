@@ -52,6 +52,7 @@ from app.dataplane import DataPlane, Prediction
 from app.errors import ServiceError, classify
 from app.metrics import Metrics
 from app.settings import Settings
+from app.tls import describe_refusal, destination_tls_args, serve_dicom
 
 log = logging.getLogger("cxr.dicom")
 
@@ -109,6 +110,7 @@ class DicomNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ae: AE | None = None
         self._server: Any = None
+        self._tls_args: Any = None  # (ssl.SSLContext, host) when SRs go over DICOM TLS
         self._sender: threading.Thread | None = None
         self._jobs = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:6]
@@ -134,11 +136,12 @@ class DicomNode:
         self._ae = ae
         self._sender = threading.Thread(target=self._send_loop, name="dicom-sender", daemon=True)
         self._sender.start()
-        self._server = ae.start_server((s.host, s.dicom_port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                                     (evt.EVT_REJECTED, self._on_rejected)])
-        log.info("DICOM node %s listening on %s:%d; SRs go to %s@%s:%d", s.dicom_ae_title, s.host, s.dicom_port,
-                 s.dicom_destination_ae_title, s.dicom_destination_host, s.dicom_destination_port)
+        self._tls_args = destination_tls_args(s)
+        self._server = serve_dicom(ae, s, [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)],
+                                   on_refused=self._on_tls_refused)
+        log.info("DICOM node %s listening on %s:%d (%s); SRs go to %s@%s:%d (%s)", s.dicom_ae_title, s.host,
+                 s.dicom_port, "TLS" if s.dicom_tls_cert else "plain DICOM", s.dicom_destination_ae_title,
+                 s.dicom_destination_host, s.dicom_destination_port, "TLS" if self._tls_args else "plain DICOM")
 
     def not_ready_reason(self) -> str | None:
         if self._stopping.is_set():
@@ -186,6 +189,10 @@ class DicomNode:
         self.metrics.dicom_received.labels("not_allowed").inc()
         log.warning("DICOM association from %s refused (calling AE not allowed or not acceptable)",
                     event.assoc.requestor.ae_title)
+
+    def _on_tls_refused(self, address: tuple[str, int], exc: BaseException) -> None:
+        self.metrics.dicom_received.labels("tls_refused").inc()
+        log.warning("DICOM connection from %s refused: %s", address[0], describe_refusal(exc))
 
     def _on_store(self, event: Any) -> int:
         job = f"{self._prefix}-{next(self._jobs)}"
@@ -304,7 +311,7 @@ class DicomNode:
         s = self.settings
         assert self._ae is not None
         assoc = self._ae.associate(s.dicom_destination_host, s.dicom_destination_port,
-                                   ae_title=s.dicom_destination_ae_title)
+                                   ae_title=s.dicom_destination_ae_title, tls_args=self._tls_args)
         if not assoc.is_established:
             if assoc.is_rejected:
                 return "association rejected by the destination (check its AE title and allowed callers)"
