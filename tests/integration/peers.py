@@ -147,9 +147,11 @@ class Orthanc:
 
 
 @contextlib.contextmanager
-def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]]) -> Iterator[Orthanc]:
+def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]],
+            extra: dict[str, object] | None = None) -> Iterator[Orthanc]:
     """Debian's Orthanc, headless: generated configuration, storage in ``folder``, no authentication, loopback
-    only, and ``modalities`` (name -> AE title, host, port) it may send to."""
+    only, and ``modalities`` (name -> AE title, host, port) it may send to; ``extra`` adds or replaces
+    configuration options (e.g. DICOM TLS)."""
     # Debian installs it in /usr/sbin, which a non-root PATH may lack
     binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
@@ -162,6 +164,7 @@ def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]]) -> Iterat
         "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomScuTimeout": 10,
         "DicomModalities": {name: list(entry) for name, entry in modalities.items()},
         "Plugins": [], "SaveJobs": False, "StorageCompression": False, "HttpsVerifyPeers": False,
+        **(extra or {}),
     }
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
