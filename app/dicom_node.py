@@ -11,6 +11,7 @@ C-STORE in (pynetdicom SCP: CR and DX images, configured AE title and calling AE
 - Delivery: bounded retries with doubling delay; after the last one, an error log line and
   ``cxr_dicom_sr_sent_total{outcome="failed"}``. Nothing waits forever: every association has timeouts.
 - Logs and metrics carry a job id, the calling AE and error codes, never patient data (nor DICOM UIDs).
+- DICOM TLS (both directions) is app/tls.py's: this module only asks it for the listener and the ``tls_args``.
 """
 
 from __future__ import annotations
