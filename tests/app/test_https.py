@@ -62,7 +62,8 @@ def test_https_process_serves_modern_tls_only(shipped_model, fullres_images, tmp
     other = CertificateAuthority(tmp_path / "other-pki", name="Someone Else CA")
     port = free_port()
     env = {**os.environ, "CXR_PORT": str(port), "CXR_HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "CXR_TLS_CERT": str(server.cert), "CXR_TLS_KEY": str(server.key), "CXR_AUDIT_ENABLED": "false"}
+           "CXR_TLS_CERT": str(server.cert), "CXR_TLS_KEY": str(server.key), "CXR_AUDIT_ENABLED": "false",
+           "CXR_RUNTIME": "keras"}  # the float32 reference: no runtime conversion at start, a faster test
     env.pop("CXR_MODEL_STORE", None)
     log = tmp_path / "server.log"
     with log.open("wb") as handle:

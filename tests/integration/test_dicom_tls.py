@@ -81,7 +81,7 @@ def test_orthanc_round_trip_over_dicom_tls(shipped_model, fullres_images, patien
                                  CXR_DICOM_DESTINATION_HOST="127.0.0.1",
                                  CXR_DICOM_DESTINATION_PORT=str(pacs.dicom_port),
                                  CXR_DICOM_DESTINATION_AE_TITLE=pacs.ae_title, CXR_DICOM_TIMEOUT_S="10",
-                                 CXR_AUDIT_ENABLED="false", **gate_env)
+                                 CXR_AUDIT_ENABLED="false", CXR_RUNTIME="keras", **gate_env)
         stalled = None
         try:
             with httpx.Client(base_url=server.url, timeout=60) as api:
