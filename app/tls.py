@@ -8,10 +8,10 @@ at start-up and named (which setting, which file, what is wrong), never at the f
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 if TYPE_CHECKING:
     from app.settings import Settings
 
-log = logging.getLogger("cxr.tls")
+OnRefused = Callable[[tuple[str, int], BaseException], None]  # (caller's address, why its handshake failed)
 
 # ECDHE/DHE key exchange with AES-GCM or ChaCha20 (TLS 1.2); TLS 1.3 suites are always forward-secret AEAD
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
@@ -113,6 +113,7 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
     thread only wraps the socket; each connection's own thread does the handshake, with a deadline."""
 
     handshake_timeout: float = 30.0
+    on_tls_refused: OnRefused | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()  # type: ignore[union-attr]
@@ -128,22 +129,21 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
                 request.do_handshake()
                 request.settimeout(previous)
             except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset: not a DICOM peer we take
-                on_refused = getattr(self, "on_tls_refused", None)
-                if on_refused is not None:
-                    on_refused(client_address, exc)
+                if self.on_tls_refused is not None:
+                    self.on_tls_refused(client_address, exc)
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)
 
 
 def start_tls_server(ae: AE, address: tuple[str, int], context: ssl.SSLContext, evt_handlers: list[Any], *,
-                     handshake_timeout: float, on_refused: Any = None) -> ThreadedAssociationServer:
+                     handshake_timeout: float, on_refused: OnRefused | None = None) -> HandshakeInThreadServer:
     """``ae.start_server(address, block=False, ssl_context=context, ...)`` with the handshake moved off the
     accepting thread (pynetdicom's start_server has no server-class argument; this is its non-blocking branch)."""
     server = ae.make_server(address, ssl_context=context, evt_handlers=evt_handlers,
                             server_class=HandshakeInThreadServer)
     server.handshake_timeout = handshake_timeout
-    server.on_tls_refused = on_refused  # type: ignore[attr-defined]
+    server.on_tls_refused = on_refused
     thread = threading.Thread(target=server.serve_forever, name="dicom-tls-acceptor", daemon=True)
     thread.start()
     ae._servers.append(server)  # what start_server does: AE.shutdown() and server.shutdown() expect it there
@@ -151,7 +151,7 @@ def start_tls_server(ae: AE, address: tuple[str, int], context: ssl.SSLContext, 
 
 
 def serve_dicom(ae: AE, settings: Settings, evt_handlers: list[Any],
-                on_refused: Any = None) -> ThreadedAssociationServer:
+                on_refused: OnRefused | None = None) -> ThreadedAssociationServer:
     """The node's listener: DICOM TLS only when CXR_DICOM_TLS_CERT is set, plain DICOM otherwise."""
     s = settings
     address = (s.host, s.dicom_port)
