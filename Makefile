@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint train-default train-v1 train-gate bench clean
+.PHONY: serve test lint train-default train-v1 train-gate site-example bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ train-v1: $(STAMP)
 # validation figures, then the final fit on everything: about 30 minutes on 2 CPU cores).
 train-gate: $(STAMP)
 	$(BIN)/cxr-train-gate --data ../shared/data --out runs/gate $(if $(VERSION),--version $(VERSION))
+
+# Reproduces the shipped site example model_store/sites/kermany-test-half/pneumonia/3 (about a minute): v2
+# calibrated on the test half of chest_xray_224 playing a hospital's local sample (calibration only, never
+# training), into a scratch store unless SITE_STORE is given. docs/site-adaptation.md explains the choices.
+SITE_STORE ?= runs/site-example/kermany-test-half
+site-example: $(STAMP)
+	$(BIN)/cxr-site calibrate ../shared/data/chest_xray_224/test --model-version 2 --site kermany-test-half \
+		--sensitivity 0.96 --store $(SITE_STORE) --no-progress
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ import uvicorn
 
 from app.logs import configure_logging
 from app.main import create_app
+from app.model_manager import configured_point_problem
 from app.settings import Settings, SettingsError
 from app.tls import uvicorn_options
 
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.load(**overrides)
     except SettingsError as exc:
         print(f"cxr-serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    problem = configured_point_problem(settings)
+    if problem is not None:
+        print(f"cxr-serve: invalid configuration:\n{problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,

@@ -23,10 +23,11 @@ from app.explain import ExplainerCache, Explanation
 from app.gate import GateResult
 from app.metrics import Metrics
 from app.model_manager import ModelManager, ServingModel
+from app.operating_points import OperatingPoint, calibration_of, choose
 from app.settings import Settings
-from model_store.calibration import apply_temperature
 from model_store.imaging import decode, sniff_format
 from model_store.preprocessing import PreprocessingError, preprocess
+from model_store.site_calibration import final_probabilities
 
 NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
 
@@ -39,6 +40,25 @@ class Prediction:
     gate: GateResult | None = None  # None only where the gate cannot see the image (FP32 tensors) or is off
     warnings: list[str] = field(default_factory=list)
     explanation: Explanation | None = None  # Grad-CAM, only when asked for (explain=true)
+    point: OperatingPoint | None = None  # the named threshold that decided; None: the version's default
+
+    def __post_init__(self) -> None:
+        if self.point is None:
+            self.point = choose(self.model.metadata)
+
+    @property
+    def operating_point(self) -> str:
+        assert self.point is not None
+        return self.point.name
+
+    @property
+    def threshold(self) -> float:
+        assert self.point is not None
+        return self.point.threshold
+
+    @property
+    def calibration(self) -> dict[str, object]:
+        return calibration_of(self.model.metadata)
 
     @property
     def class_names(self) -> list[str]:
@@ -48,7 +68,7 @@ class Prediction:
     def label(self) -> str:
         meta = self.model.metadata
         positive = float(self.probabilities[meta.positive_index])
-        if positive >= meta.decision_threshold:
+        if positive >= self.threshold:
             return meta.positive_class
         others = [(float(p), name) for name, p in zip(meta.class_names, self.probabilities, strict=True)
                   if name != meta.positive_class]
@@ -59,7 +79,9 @@ class Prediction:
         return {
             "prediction": self.label,
             "probabilities": {name: float(p) for name, p in zip(meta.class_names, self.probabilities, strict=True)},
-            "threshold": meta.decision_threshold,
+            "threshold": self.threshold,
+            "operating_point": self.operating_point,
+            "calibration": self.calibration,
             "positive_class": meta.positive_class,
             "model": self.model.describe(),
             "request_id": request_id,
@@ -141,13 +163,19 @@ class DataPlane:
         slot.append(submitted[1])
         return prepared, submitted
 
+    def point(self, model: ServingModel, requested: str | None) -> OperatingPoint:
+        """The operating point that decides ``model``'s answer (422 for a name it does not have)."""
+        return choose(model.metadata, requested, self.settings.operating_point)
+
     async def predict_image(self, data: bytes, model: ServingModel | None = None, ticket: Ticket | None = None,
-                            *, explain: bool = False) -> Prediction:
+                            *, explain: bool = False, operating_point: str | None = None) -> Prediction:
         """Encoded image bytes -> prediction with the active model (or the one given). ``ticket``: the audit
         trail's record in the making (the transport's ``audit.track_request``), given the input and result.
-        ``explain``: add a Grad-CAM map, computed in a decode thread beside the batched model call."""
+        ``explain``: add a Grad-CAM map, computed in a decode thread beside the batched model call.
+        ``operating_point``: the named threshold to decide with (default: CXR_OPERATING_POINT, else the version's)."""
         started = time.perf_counter()
         model = model or self.manager.current
+        self.point(model, operating_point)  # an unknown name is refused before any work
         loop = asyncio.get_running_loop()
         slot: list[Future[BatchResult]] = []  # the submitted item, to cancel should this request be cancelled
         # the batcher may wait (up to max delay) for this image while it decodes. Not inline with explain: the
@@ -166,7 +194,7 @@ class DataPlane:
                                           prepared.image_shape, self.settings.explain_overlay_max_side) \
             if explain else None  # refused images never get here: no map
         try:
-            prediction = await self._finish(submitted, prepared.decode_s, started)
+            prediction = await self._finish(submitted, prepared.decode_s, started, operating_point)
         except BaseException:
             if explaining is not None:
                 explaining.cancel()  # nobody will read it
@@ -179,11 +207,13 @@ class DataPlane:
             ticket.prediction = prediction
         return prediction
 
-    async def predict_tensor(self, x: np.ndarray, model: ServingModel | None = None, ticket: Ticket | None = None
-                             ) -> Prediction:
-        """An already-preprocessed (H, W, 1) float input in [0, 1] (e.g. the v2 protocol's FP32 tensors)."""
+    async def predict_tensor(self, x: np.ndarray, model: ServingModel | None = None, ticket: Ticket | None = None,
+                             *, operating_point: str | None = None, explain: bool = False) -> Prediction:
+        """An already-preprocessed (H, W, 1) float input in [0, 1] (e.g. the v2 protocol's FP32 tensors).
+        ``explain``: add a Grad-CAM map (on the tensor's own geometry)."""
         started = time.perf_counter()
         model = model or self.manager.current
+        self.point(model, operating_point)
         try:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -195,7 +225,10 @@ class DataPlane:
                                     f"{list(model.input_shape)}")
         if not np.isfinite(x).all():
             raise InvalidInputError("tensor contains NaN or infinite values")
-        prediction = await self._finish(self._submit(x, model), 0.0, started)
+        prediction = await self._finish(self._submit(x, model), 0.0, started, operating_point)
+        if explain:
+            prediction.explanation = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.explainers.explain, model, x, x.shape[:2], self.settings.explain_overlay_max_side)
         if ticket is not None:
             ticket.prediction = prediction
         return prediction
@@ -218,7 +251,7 @@ class DataPlane:
             return current, submit(current)
 
     async def _finish(self, submitted: tuple[ServingModel, Future[BatchResult]], decode_s: float,
-                      started: float) -> Prediction:
+                      started: float, operating_point: str | None = None) -> Prediction:
         model, future = submitted
         # run inline in the decode thread: already resolved, no need to chain it onto the loop
         result = future.result() if future.done() else await asyncio.wrap_future(future)
@@ -226,9 +259,12 @@ class DataPlane:
         self.metrics.stage.labels("queue", name).observe(result.queue_s)
         self.metrics.stage.labels("inference", name).observe(result.inference_s)
         # total is wall time in the core, so it includes any wait for a decode thread
-        # calibrate: the stored temperature (1.0 = none), the same function training fitted it with
-        probabilities = apply_temperature(result.output, model.metadata.temperature)
-        prediction = Prediction(model=model, probabilities=probabilities, timing_ms={
+        # calibrate: the stored temperature (1.0 = none), then the site calibration where the version has one;
+        # the same functions training and cxr-site fitted them with. The point is chosen on the model that ran
+        # (a reload may have swapped it since the request was checked)
+        probabilities = final_probabilities(result.output, model.metadata)
+        point = self.point(model, operating_point)
+        prediction = Prediction(model=model, probabilities=probabilities, point=point, timing_ms={
             "decode": round(decode_s * 1000, 3), "queue": round(result.queue_s * 1000, 3),
             "inference": round(result.inference_s * 1000, 3),
             "total": round((time.perf_counter() - started) * 1000, 3)})

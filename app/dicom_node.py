@@ -1,7 +1,10 @@
 """The DICOM node: a transport like the HTTP routes, for PACS that route images instead of calling REST.
 
-C-STORE in (pynetdicom SCP: CR and DX images, configured AE title and calling AEs) -> the same DataPlane
-(decode, gate, batcher, model) -> the DICOM SR renderer -> C-STORE out (SCU) to the configured destination.
+C-STORE in (pynetdicom SCP: CR and DX images, configured AE title and calling AEs), or STOW-RS in
+(app/routes/dicomweb.py, through :meth:`DicomNode.process_stow`) -> the same DataPlane (decode, gate, batcher,
+model, and Grad-CAM when ``CXR_DICOM_HEATMAP`` asks for the heatmap image) -> the DICOM renderers (heatmap
+Secondary Capture + SR referencing it) -> C-STORE out (SCU) and/or STOW-RS out (app/dicomweb.py) to the
+configured destinations.
 
 - Back-pressure: at most ``CXR_DICOM_QUEUE_SIZE`` images are in the node (received, not yet answered with an SR
   or dropped); beyond that, and while the model is not ready or the node drains, C-STORE answers 0xA700 "out of
@@ -47,10 +50,11 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage, Verification
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification
 
 from app.dataplane import DataPlane, Prediction
 from app.errors import ServiceError, classify
+from app.explain import ExplanationUnavailableError
 from app.metrics import Metrics
 from app.settings import Settings
 from app.tls import describe_refusal, destination_tls_args, serve_dicom
@@ -67,7 +71,8 @@ _OK_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, and the w
 PREDICT_ATTEMPTS = 5  # an overloaded batcher (503) is waited out this often before the image is dropped
 _STOP = object()
 
-RenderSR = Callable[[Prediction, bytes], Dataset]
+RenderResults = Callable[[Prediction, bytes], list[Dataset]]
+SendOnce = Callable[[list[Dataset]], "str | None"]  # None on success, else why not
 
 
 def decodable_syntaxes() -> list[UID]:
@@ -83,26 +88,23 @@ def decodable_syntaxes() -> list[UID]:
     return usable
 
 
-def default_render_sr(prediction: Prediction, data: bytes) -> Dataset:
-    from app.renderers import dicom_sr
-
-    return dicom_sr.build_sr(prediction, dicom_sr.read_source(data))
-
-
 @dataclass
 class Outgoing:
     job: str
-    sr: Dataset
+    datasets: list[Dataset]  # heatmap image(s) first, then the SR that references them
 
 
 class DicomNode:
     def __init__(self, settings: Settings, dataplane: DataPlane, metrics: Metrics,
-                 render_sr: RenderSR = default_render_sr, *, audit: Any = None) -> None:
+                 render_results: RenderResults | None = None, *, audit: Any = None) -> None:
         self.settings = settings
         self.dataplane = dataplane
         self.metrics = metrics
         self.audit = audit  # app.audit.Audit: each image's answer or refusal becomes one audit row (route "dicom")
-        self.render_sr = render_sr
+        self.render_results = render_results or self._render_results
+        self.heatmap = settings.dicom_heatmap != "off"
+        self._destinations: list[tuple[str, SendOnce]] = []
+        self._stow: Any = None
         self._lock = threading.Lock()
         self._pending = 0
         self._idle = threading.Condition(self._lock)
@@ -133,23 +135,41 @@ class DicomNode:
             ae.add_supported_context(sop_class, syntaxes)
         ae.add_supported_context(Verification)  # C-ECHO: the PACS's "test connection" button
         ae.add_requested_context(Comprehensive3DSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.require_calling_aet = list(s.dicom_allowed_calling_aets)
         self._ae = ae
+        self._open_destinations()
         self._sender = threading.Thread(target=self._send_loop, name="dicom-sender", daemon=True)
         self._sender.start()
         self._tls_args = destination_tls_args(s)
-        self._server = serve_dicom(ae, s, [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)],
-                                   on_refused=self._on_tls_refused)
-        log.info("DICOM node %s listening on %s:%d (%s); SRs go to %s@%s:%d (%s)", s.dicom_ae_title, s.host,
-                 s.dicom_port, "TLS" if s.dicom_tls_cert else "plain DICOM", s.dicom_destination_ae_title,
-                 s.dicom_destination_host, s.dicom_destination_port, "TLS" if self._tls_args else "plain DICOM")
+        if s.dicom_port is not None:  # else STOW-RS is the only way in
+            self._server = serve_dicom(ae, s, [(evt.EVT_C_STORE, self._on_store),
+                                               (evt.EVT_REJECTED, self._on_rejected)], on_refused=self._on_tls_refused)
+        tls_in = " over DICOM TLS" if s.dicom_tls_cert is not None else ""
+        log.info("DICOM node %s: C-STORE in %s, STOW-RS in %s; results (heatmap %s) go to %s%s", s.dicom_ae_title,
+                 f"on {s.host}:{s.dicom_port}{tls_in}" if s.dicom_port is not None else "off",
+                 "on" if s.dicomweb_receive else "off", s.dicom_heatmap,
+                 ", ".join(name for name, _ in self._destinations),
+                 " (C-STORE over DICOM TLS)" if self._tls_args else "")
+
+    def _open_destinations(self) -> None:
+        s = self.settings
+        if s.cstore_destination:
+            self._destinations.append((f"{s.dicom_destination_ae_title}@{s.dicom_destination_host}:"
+                                       f"{s.dicom_destination_port}", self._store_once))
+        if s.dicomweb_destination_url is not None:
+            from app.dicomweb import StowSender
+
+            self._stow = StowSender(s.dicomweb_destination_url, timeout=s.dicom_timeout_s,
+                                    auth_file=s.dicomweb_auth_file)
+            self._destinations.append((self._stow.describe(), self._stow.send_once))
 
     def not_ready_reason(self) -> str | None:
         if self._stopping.is_set():
             return "DICOM node shutting down"
-        if self._server is None:
+        if self._ae is None:
             return "DICOM node not started"
-        if not self._server_thread_alive():
+        if self.settings.dicom_port is not None and (self._server is None or not self._server_thread_alive()):
             return "DICOM node listener stopped"
         if self._sender is None or not self._sender.is_alive():
             return "DICOM node sender stopped"
@@ -179,6 +199,8 @@ class DicomNode:
         if self._sender is not None:
             self._sender.join(max(0.1, deadline - time.monotonic()))
         self._ae.shutdown()
+        if self._stow is not None:
+            self._stow.close()
         if left:
             log.error("DICOM node stopped with %d image(s) not answered with an SR (drain timeout %.0f s)",
                       left, timeout)
@@ -233,22 +255,42 @@ class DicomNode:
             self.metrics.dicom_pending.set(self._pending)
             self._idle.notify_all()
 
+    # -- STOW-RS in (app/routes/dicomweb.py, on the event loop) ----------------------------------------------
+    def admit_many(self, count: int) -> str:
+        """Takes ``count`` places in the node's queue at once (all or none): "accepted", else why not."""
+        for taken in range(count):
+            outcome = self._admit()
+            if outcome != "accepted":
+                for _ in range(taken):
+                    self._release()
+                return outcome
+        return "accepted"
+
+    async def process_stow(self, data: bytes, caller: str) -> tuple[int, str, str] | None:
+        """One admitted instance, processed like a C-STORE'd one; None once its results are queued for the
+        destinations, else (status, code, message) of the refusal or failure."""
+        job = f"{self._prefix}-{next(self._jobs)}"
+        self.metrics.dicom_received.labels("accepted").inc()
+        return await self._process(data, job, caller, route="dicomweb")
+
     # -- processing (the app's event loop) -------------------------------------------------------------
-    async def _process(self, data: bytes, job: str, calling: str) -> None:
+    async def _process(self, data: bytes, job: str, calling: str, route: str = "dicom"
+                       ) -> tuple[int, str, str] | None:
         handed_over = False
         try:
             if self.audit is None:
                 prediction = await self._predict(data)
             else:
-                async with self.audit.track_item(job, "dicom", calling) as ticket:
+                async with self.audit.track_item(job, route, calling) as ticket:
                     prediction = await self._predict(data, ticket)
-            sr = await asyncio.to_thread(self.render_sr, prediction, data)
+            datasets = await asyncio.to_thread(self.render_results, prediction, data)
             self.metrics.dicom_processed.labels("reported", "").inc()
-            self._outbox.put(Outgoing(job, sr))
+            self._outbox.put(Outgoing(job, datasets))
             handed_over = True
-            log.info("DICOM image %s from %s: %s (model %s v%s); SR queued for %s", job, calling,
-                     prediction.label, prediction.model.metadata.name, prediction.model.version,
-                     self.settings.dicom_destination_ae_title)
+            log.info("DICOM image %s from %s (%s): %s (model %s v%s); %d result object(s) queued", job, calling,
+                     route, prediction.label, prediction.model.metadata.name, prediction.model.version,
+                     len(datasets))
+            return None
         except Exception as exc:
             status, code, message = classify(exc)
             if status >= 500 and not isinstance(exc, ServiceError):
@@ -257,19 +299,32 @@ class DicomNode:
             else:
                 log.warning("DICOM image %s from %s refused: %d %s: %s; no SR", job, calling, status, code, message)
                 self.metrics.dicom_processed.labels("refused", code).inc()
+            return status, code, message
         finally:
             if not handed_over:
                 self._release()
 
     async def _predict(self, data: bytes, ticket: Any = None) -> Prediction:
+        explain = self.heatmap
         for attempt in range(PREDICT_ATTEMPTS):
             try:
-                return await self.dataplane.predict_image(data, ticket=ticket)
+                return await self.dataplane.predict_image(data, ticket=ticket, explain=explain)
+            except ExplanationUnavailableError as exc:  # a model Grad-CAM cannot explain: the SR alone
+                if not explain:
+                    raise
+                log.warning("no heatmap image: %s", exc)
+                explain = False
             except ServiceError as exc:
                 if exc.status != 503 or attempt == PREDICT_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(min(5.0, exc.retry_after or 0.5 * 2**attempt))
         raise AssertionError("unreachable")
+
+    def _render_results(self, prediction: Prediction, data: bytes) -> list[Dataset]:
+        from app.renderers import dicom_results
+
+        return dicom_results.build(prediction, data, mode=self.settings.dicom_heatmap,
+                                   max_pixels=self.settings.max_pixels)
 
     # -- sending (one thread; one association per SR) --------------------------------------------------
     def _send_loop(self) -> None:
@@ -286,28 +341,33 @@ class DicomNode:
                 self._release()
 
     def _deliver(self, item: Outgoing) -> None:
+        """To every destination in turn (C-STORE, STOW-RS), each with the same bounded retries."""
+        for target, send_once in self._destinations:
+            self._deliver_to(item, target, send_once)
+
+    def _deliver_to(self, item: Outgoing, target: str, send_once: SendOnce) -> None:
         s = self.settings
-        target = f"{s.dicom_destination_ae_title}@{s.dicom_destination_host}:{s.dicom_destination_port}"
         attempts = s.dicom_send_retries + 1
-        reason = "not attempted"
+        reason: str | None = "not attempted"
         for attempt in range(attempts):
             if attempt:
                 delay = s.dicom_retry_delay_s * 2 ** (attempt - 1)
                 log.warning("DICOM SR for image %s: attempt %d/%d to %s failed (%s); retrying in %.1f s",
                             item.job, attempt, attempts, target, reason, delay)
                 time.sleep(delay)
-            reason = self._store_once(item.sr)
+            reason = send_once(item.datasets)
             if reason is None:
                 self.metrics.dicom_send_attempts.labels("success").inc()
                 self.metrics.dicom_sr_sent.labels("sent").inc()
-                log.info("DICOM SR for image %s delivered to %s", item.job, target)
+                log.info("DICOM SR for image %s delivered to %s (%d object(s))", item.job, target,
+                         len(item.datasets))
                 return
             self.metrics.dicom_send_attempts.labels("failure").inc()
         self.metrics.dicom_sr_sent.labels("failed").inc()
         log.error("DICOM SR for image %s NOT delivered to %s after %d attempt(s): %s; dropped",
                   item.job, target, attempts, reason)
 
-    def _store_once(self, sr: Dataset) -> str | None:
+    def _store_once(self, datasets: list[Dataset]) -> str | None:
         """None on success, else why not (no patient data in it)."""
         s = self.settings
         assert self._ae is not None
@@ -318,12 +378,17 @@ class DicomNode:
                 return "association rejected by the destination (check its AE title and allowed callers)"
             return "cannot connect or association aborted"
         try:
-            status = assoc.send_c_store(sr)
+            for dataset in datasets:  # in order: the heatmap image(s), then the SR that references them
+                status = assoc.send_c_store(dataset)
+                if not status or "Status" not in status:
+                    assoc.abort()
+                    return "no C-STORE response (timeout or connection lost)"
+                code = int(status.Status)
+                if code not in _OK_STATUSES:
+                    assoc.release()
+                    return f"C-STORE status 0x{code:04X}"
         except Exception as exc:
             assoc.abort()
             return f"C-STORE failed: {type(exc).__name__}"
         assoc.release()
-        if not status or "Status" not in status:
-            return "no C-STORE response (timeout or connection lost)"
-        code = int(status.Status)
-        return None if code in _OK_STATUSES else f"C-STORE status 0x{code:04X}"
+        return None

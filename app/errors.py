@@ -90,6 +90,20 @@ class DicomRequiredError(ServiceError):
     code, status = "dicom_required", 415
 
 
+class UnknownOperatingPointError(ServiceError):
+    """A request named an operating point the serving model version does not have; ``details.available``
+    lists the names it has."""
+
+    code, status = "unknown_operating_point", 422
+
+
+class OperatingPointUnavailableError(ServiceError):
+    """CXR_OPERATING_POINT names a point the version to load does not have: a reload to it is refused (the
+    active version keeps serving), a start-up with it fails."""
+
+    code, status = "operating_point_unavailable", 409
+
+
 class NotAChestXrayError(ServiceError):
     """The input gate refused the image (a DICOM header rule or the gate model); ``rule`` says which, for
     metrics and the audit trail."""

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,8 @@ class Explanation:
     height: int
     timing_ms: float = 0.0
     method: str = METHOD
+    # the map at the explained layer's resolution, [0, 1]: what the DICOM heatmap places on the full film
+    cam: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, "layer": self.layer,
@@ -288,7 +290,7 @@ def explanation_for(cam: np.ndarray, image_shape: tuple[int, ...], spec: Preproc
     width, height = display_size(image_shape[0], image_shape[1], max_side)
     overlay = png_bytes(colorize(place_on_image(cam, width, height, spec)))
     return Explanation(layer=layer, grid=resize_map(cam, GRID_SIZE, GRID_SIZE), overlay_png=overlay,
-                       width=width, height=height)
+                       width=width, height=height, cam=cam)
 
 
 def preview_png(image: np.ndarray, max_side: int) -> bytes:

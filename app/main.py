@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dataplane = DataPlane(settings, manager, metrics)
     audit = Audit(settings, metrics)
     dicom_node = None
-    if settings.dicom_port is not None:
+    if settings.dicom_results_enabled:  # a C-STORE port and/or the STOW-RS receiver
         from app.dicom_node import DicomNode  # pynetdicom is loaded only where a DICOM node is configured
 
         dicom_node = DicomNode(settings, dataplane, metrics, audit=audit)
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(manager.shutdown)
             await asyncio.to_thread(dataplane.close)
             # last: the answers drained above are recorded too
-            await asyncio.to_thread(audit.close, settings.graceful_timeout)
+            await asyncio.to_thread(audit.close, settings.audit_flush_timeout_s)
 
     app = FastAPI(title="cxr-serve", version="0.1.0", lifespan=lifespan,
                   description="Pneumonia screening for chest X-rays. Decision support for qualified readers; "
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     def body_limit(path: str) -> int:
-        files = settings.max_batch_files if path.endswith(("/batch", "/infer")) else 1
+        files = settings.max_batch_files if path.endswith(("/batch", "/infer", "/dicomweb/studies")) else 1
         return settings.max_upload_bytes * files + MULTIPART_OVERHEAD
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)

@@ -15,15 +15,16 @@ from typing import Any
 import numpy as np
 
 from app.batching import BatchObserver, DynamicBatcher, bucket_sizes
-from app.errors import NotReadyError
+from app.errors import NotReadyError, OperatingPointUnavailableError
 from app.gate import InputGate, load_gate
 from app.metrics import Metrics
+from app.operating_points import check_configured
 from app.runtimes import Selection, candidates, select_runtime
 from app.runtimes.keras_runtime import KerasRuntime
 from app.settings import Settings
-from model_store.artifact import LoadedArtifact, ModelMetadata, load_artifact
+from model_store.artifact import ArtifactError, LoadedArtifact, ModelMetadata, load_artifact, read_metadata
 from model_store.golden import load_or_compute, read_golden
-from model_store.registry import ModelRegistry
+from model_store.registry import ModelNotFoundError, ModelRegistry
 
 log = logging.getLogger("cxr.model")
 
@@ -52,6 +53,22 @@ def compile_predict(model: Any, input_shape: tuple[int, ...], buckets: list[int]
     """The float32 reference runtime (kept for callers of the old name): one concrete ``tf.function`` per
     bucket, traced up front; ``.traced`` is the polymorphic function."""
     return KerasRuntime(model, input_shape, buckets)
+
+
+def configured_point_problem(settings: Settings) -> str | None:
+    """Why the version to serve cannot answer at CXR_OPERATING_POINT, read from its metadata alone (no Keras),
+    so that ``cxr-serve`` refuses to start with a clear message instead of serving nothing. None when it can,
+    or when the model cannot be found at all (the load reports that)."""
+    if settings.operating_point is None:
+        return None
+    try:
+        number, path = ModelRegistry(settings.model_store).resolve(settings.model_name, settings.model_version)
+        check_configured(read_metadata(path), settings.operating_point, number)
+    except OperatingPointUnavailableError as exc:
+        return exc.message
+    except (ModelNotFoundError, ArtifactError):
+        return None
+    return None
 
 
 @dataclass
@@ -112,8 +129,10 @@ class ModelManager:
 
     # -- loading ---------------------------------------------------------------------------------------
     def build(self, version: int | str | None) -> ServingModel:
-        """Load, compile, warm at every bucket size, and start a batcher. Does not touch the active model."""
+        """Load, compile, warm at every bucket size, and start a batcher. Does not touch the active model.
+        A version without the configured operating point is refused first (OperatingPointUnavailableError)."""
         number, path = self.registry.resolve(self.settings.model_name, version)
+        check_configured(read_metadata(path), self.settings.operating_point, number)
         artifact = load_artifact(path)
         batch_size = self.settings.batch_size_for(self.gpu)
         selection = self._select_runtime(artifact, bucket_sizes(batch_size))

@@ -40,10 +40,21 @@ class ExplanationInfo(BaseModel):
     timing_ms: float = Field(description="Grad-CAM + overlay, ms (runs beside the batched model call)")
 
 
+class Calibration(BaseModel):
+    temperature: float = Field(description="the artifact's temperature scaling (1.0 = none), fitted on validation")
+    site_calibration: dict[str, object] | None = Field(description="the site's logistic recalibration of the "
+                                                       "logit after the temperature: intercept, slope, method "
+                                                       "(logistic or intercept); null for a version without one")
+
+
 class PredictionResponse(BaseModel):
     prediction: str = Field(description="positive class iff P(positive) >= threshold")
-    probabilities: dict[str, float]
-    threshold: float = Field(description="decision threshold on P(positive), chosen on validation data")
+    probabilities: dict[str, float] = Field(description="after the calibration below: what the threshold compares")
+    threshold: float = Field(description="the decision threshold on P(positive) of the operating point that decided")
+    operating_point: str = Field(description="the named operating point that decided: the request's "
+                                 "?operating_point, else CXR_OPERATING_POINT, else the version's default "
+                                 "('default' = the stored validation threshold for a version without named points)")
+    calibration: Calibration
     positive_class: str
     model: ModelRef
     request_id: str
@@ -95,6 +106,17 @@ class Health(BaseModel):
     model: ModelRef | None = None
 
 
+class VersionInfo(BaseModel):
+    version: int
+    operating_points: dict[str, float] | None = Field(description="name -> threshold on the served P(positive); "
+                                                      "null when the version cannot be read")
+    default_operating_point: str | None = Field(description="the point answers use when a request names none")
+    calibration: Calibration | None = None
+    provenance: dict[str, object] = Field(default_factory=dict, description="where a derived (site-calibrated) "
+                                          "version came from: base version, site sample, method, date")
+    error: str | None = Field(None, description="why the version's metadata could not be read")
+
+
 class ModelsResponse(BaseModel):
     name: str
     active_version: str
@@ -114,3 +136,12 @@ class ModelsResponse(BaseModel):
                                        "against the golden set (max |dp|, decision flips)")
     gate: dict[str, object] = Field(description="the input gate: mode, header rules, gate model, threshold and "
                                     "its validation figures (sources held out)")
+    operating_points: dict[str, float] = Field(description="the active version's named thresholds on the served "
+                                               "P(positive); 'default' alone for a version without named points")
+    default_operating_point: str = Field(description="the point answers use when a request names none "
+                                         "(CXR_OPERATING_POINT, else the version's default)")
+    calibration: Calibration
+    provenance: dict[str, object] = Field(description="where the active version came from (empty for a trained "
+                                          "version; base version and site sample for a site-calibrated one)")
+    version_details: list[VersionInfo] = Field(description="every version in the store with its operating points, "
+                                               "default point, calibration and provenance")

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.registry import DEFAULT_STORE
+from model_store.site_calibration import POINT_NAME
 
 # the audit store's default home: outside the checkout, writable without root (XDG base directory spec)
 STATE_HOME = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     model_name: str = Field("pneumonia", min_length=1, description="model folder name in the store, e.g. pneumonia")
     model_version: str | None = Field(None, description="a positive integer, e.g. 1; unset or 'latest' = newest")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto, cpu or gpu (gpu fails if none)")
+    operating_point: str | None = Field(None, description="the named operating point that decides answers when a "
+                                        "request names none, e.g. screening; it must exist in the served version "
+                                        "(start-up and reloads refuse a version without it); unset = the version's "
+                                        "own default (screening for a site-calibrated version, default = the "
+                                        "stored threshold for v1/v2)")
 
     gate: Literal["refuse", "flag", "off"] = Field("refuse", description="input gate: refuse (422 "
                                                   "not_a_chest_xray for what is not a frontal chest radiograph), "
@@ -114,6 +120,16 @@ class Settings(BaseSettings):
     audit_required: bool = Field(False, description="fail closed: true = readiness 503 and predictions refused "
                                  "(503 audit_unavailable) while the audit store is unreachable; false = keep "
                                  "serving and buffer")
+    audit_durable: bool = Field(False, description="true = an answer leaves only after its audit record is "
+                                "committed (group commit: concurrent answers share one transaction), so a crash "
+                                "loses no answered record; false = buffered (faster: records are committed "
+                                "within ~50 ms, a crash loses what is buffered). Implied by CXR_AUDIT_REQUIRED=true")
+    audit_commit_timeout_s: float = Field(10.0, gt=0, le=600, description="durable mode: seconds an answer "
+                                          "waits for its record's commit before it is refused (503 "
+                                          "audit_unavailable), e.g. 10")
+    audit_flush_timeout_s: float = Field(3.0, gt=0, le=600, description="seconds the shutdown spends writing "
+                                         "buffered audit records, e.g. 3; what is left then is counted as dropped "
+                                         "(reason shutdown) and logged, so a stop never waits on a broken store")
     audit_buffer: int = Field(10_000, ge=1, le=10_000_000, description="audit records held in memory while the "
                               "store is slow or down, 1-10000000, e.g. 10000; beyond it records are counted "
                               "in cxr_audit_records_dropped_total and logged, not stored")
@@ -136,12 +152,12 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated AE titles allowed to send images, e.g. ORTHANC,PACS1; "
                                           "empty = any calling AE (only on a trusted network)")
     dicom_destination_host: str | None = Field(None, description="where SRs are sent (C-STORE): host name or "
-                                               "address of the PACS, e.g. pacs.hospital.org; required with "
-                                               "CXR_DICOM_PORT")
+                                               "address of the PACS, e.g. pacs.hospital.org; the C-STORE "
+                                               "destination: all three or none")
     dicom_destination_port: int | None = Field(None, ge=1, le=65535, description="the PACS's DICOM port, "
-                                               "1-65535, e.g. 4242; required with CXR_DICOM_PORT")
+                                               "1-65535, e.g. 4242; the C-STORE destination: all three or none")
     dicom_destination_ae_title: str | None = Field(None, description="the PACS's AE title, 1-16 characters, "
-                                                   "e.g. ORTHANC; required with CXR_DICOM_PORT")
+                                                   "e.g. ORTHANC; the C-STORE destination: all three or none")
     dicom_send_retries: int = Field(3, ge=0, le=20, description="extra attempts to deliver an SR after a failed "
                                     "C-STORE, 0-20, e.g. 3 (then it is dropped with an error log and metric)")
     dicom_retry_delay_s: float = Field(2.0, ge=0, le=600, description="seconds before the first retry, doubled "
@@ -151,6 +167,21 @@ class Settings(BaseSettings):
                                   "(0xA700) so the PACS retries later")
     dicom_timeout_s: float = Field(30.0, ge=1, le=600, description="network timeout for DICOM associations, in "
                                    "seconds, 1-600, e.g. 30")
+    dicom_heatmap: str = Field("sc", description="heatmap sent beside each SR from a DICOM transport: sc (a "
+                               "Secondary Capture of the film with the Grad-CAM map over it) or off; pm and both "
+                               "(Parametric Map) are not implemented yet and refused")
+
+    # DICOMweb (STOW-RS) in and out, beside or instead of DIMSE
+    dicomweb_receive: bool = Field(False, description="true = STOW-RS receiver at POST /dicomweb/studies (CR/DX "
+                                   "images, same gate, limits and queue as the DICOM node)")
+    dicomweb_destination_url: str | None = Field(None, description="DICOMweb base URL results are sent to by "
+                                                 "STOW-RS (POST <url>/studies), e.g. "
+                                                 "https://pacs.hospital.org/dicom-web; with or instead of the "
+                                                 "C-STORE destination")
+    dicomweb_auth_file: Path | None = Field(None, description="file holding the DICOMweb destination's "
+                                            "credentials, one line: 'Bearer <token>' or 'Basic <user>:<password>'; "
+                                            "unset = no authentication")
+
     # DICOM TLS (PS3.15 BCP 195 profile): on the node's port and, separately, towards the SR destination
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate of the DICOM node, e.g. "
                                         "/run/secrets/dicom.crt; set with CXR_DICOM_TLS_KEY: the node then "
@@ -196,6 +227,17 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a positive integer or 'latest', got {value!r}")
         return str(int(str(value)))
 
+    @field_validator("operating_point", mode="before")
+    @classmethod
+    def check_operating_point(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        name = str(value).strip()
+        if not POINT_NAME.match(name):
+            raise ValueError(f"must be an operating point name (lower case letters, digits, _ or -, e.g. "
+                             f"screening), got {value!r}")
+        return name
+
     @field_validator("audit_url")
     @classmethod
     def check_audit_url(cls, url: str | None) -> str | None:
@@ -219,6 +261,15 @@ class Settings(BaseSettings):
             if len(key) < 16:
                 raise ValueError("each CXR_API_KEYS entry must be at least 16 characters (use a random token)")
         return keys
+
+    @model_validator(mode="after")
+    def durable_when_required(self) -> Settings:
+        # fail closed means no answer without its record, which only durable mode guarantees
+        if self.audit_required and not self.audit_durable:
+            if "audit_durable" in self.model_fields_set:
+                raise ValueError("CXR_AUDIT_REQUIRED=true needs CXR_AUDIT_DURABLE=true (or leave it unset)")
+            self.audit_durable = True
+        return self
 
     @model_validator(mode="after")
     def check_store(self) -> Settings:
@@ -249,14 +300,54 @@ class Settings(BaseSettings):
             cls.check_ae_title(value)
         return values
 
+    @field_validator("dicom_heatmap", mode="before")
+    @classmethod
+    def check_heatmap(cls, value: object) -> object:
+        mode = str(value).strip().lower()
+        if mode in ("pm", "both"):
+            raise ValueError(f"CXR_DICOM_HEATMAP={mode}: the Parametric Map is not implemented in this version; "
+                             "use sc (Secondary Capture) or off")
+        if mode not in ("sc", "off"):
+            raise ValueError(f"{value!r} is not a heatmap mode: use sc (Secondary Capture) or off")
+        return mode
+
+    @field_validator("dicomweb_destination_url")
+    @classmethod
+    def check_dicomweb_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not a DICOMweb base URL: use http(s)://host[:port]/path, e.g. "
+                             "https://pacs.hospital.org/dicom-web")
+        return url.rstrip("/") if url else None
+
+    @field_validator("dicomweb_auth_file")
+    @classmethod
+    def check_auth_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            from app.dicomweb import read_auth  # the same parser the sender uses: a bad file fails at start
+
+            read_auth(path)
+        return path
+
     @model_validator(mode="after")
     def check_dicom_destination(self) -> Settings:
-        if self.dicom_port is not None:
-            missing = [f"CXR_{name.upper()}" for name in ("dicom_destination_host", "dicom_destination_port",
-                                                         "dicom_destination_ae_title") if getattr(self, name) is None]
-            if missing:
-                raise ValueError(f"CXR_DICOM_PORT is set, so the SR destination is needed: set {', '.join(missing)}")
+        names = ("dicom_destination_host", "dicom_destination_port", "dicom_destination_ae_title")
+        missing = [f"CXR_{name.upper()}" for name in names if getattr(self, name) is None]
+        if 0 < len(missing) < len(names):
+            raise ValueError(f"the C-STORE destination is incomplete: set {', '.join(missing)} too")
+        if self.dicom_results_enabled and missing and self.dicomweb_destination_url is None:
+            given = "CXR_DICOM_PORT" if self.dicom_port is not None else "CXR_DICOMWEB_RECEIVE"
+            raise ValueError(f"{given} is set, so a result destination is needed: set {', '.join(missing)} "
+                             "(C-STORE) and/or CXR_DICOMWEB_DESTINATION_URL (STOW-RS)")
         return self
+
+    @property
+    def dicom_results_enabled(self) -> bool:
+        """Whether images arrive by a DICOM transport (the node's C-STORE port, or STOW-RS)."""
+        return self.dicom_port is not None or self.dicomweb_receive
+
+    @property
+    def cstore_destination(self) -> bool:
+        return self.dicom_destination_host is not None
 
     @model_validator(mode="after")
     def check_tls(self) -> Settings:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from model_store.preprocessing import PreprocessingSpec
+from model_store.site_calibration import SiteCalibration, validate_operating_points
 
 if TYPE_CHECKING:
     import keras
@@ -69,6 +71,13 @@ class ModelMetadata:
     decision_threshold: float = 0.5
     # temperature scaling fitted on validation (model_store.calibration); the threshold is on that scale
     temperature: float = 1.0
+    # a hospital's local recalibration (model_store.site_calibration.SiteCalibration as a dict), its named
+    # thresholds on the served scale and which one answers by default; set only by ``cxr-site calibrate``
+    site_calibration: dict[str, Any] | None = None
+    operating_points: dict[str, float] = field(default_factory=dict)
+    default_operating_point: str | None = None
+    # where a derived version came from (base version and sha256, the site sample's counts, ...)
+    provenance: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +95,15 @@ class ModelMetadata:
         if not (isinstance(self.temperature, int | float) and 0.01 <= self.temperature <= 100.0):
             raise ArtifactError(f"temperature must be a number in [0.01, 100] (1.0 = uncalibrated), "
                                 f"got {self.temperature!r}")
+        try:
+            if self.site_calibration is not None:
+                SiteCalibration.from_dict(self.site_calibration)
+            validate_operating_points(self.operating_points, self.default_operating_point)
+        except ValueError as exc:
+            raise ArtifactError(str(exc)) from exc
+        if self.default_operating_point is not None and not np.isclose(
+                self.operating_points[self.default_operating_point], self.decision_threshold):
+            raise ArtifactError("decision_threshold must equal the default operating point's threshold")
 
     @property
     def positive_index(self) -> int:
@@ -142,6 +160,29 @@ def save_artifact(model: keras.Model, metadata: ModelMetadata, path: str | os.Pa
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+    return file_sha256(path)
+
+
+def copy_with_metadata(source: str | os.PathLike[str], metadata: ModelMetadata,
+                       path: str | os.PathLike[str]) -> str:
+    """Write a copy of the artifact at ``source`` with ``metadata`` in place of its own, atomically, and return
+    the new file's sha256. The weights and the optimizer state are copied byte for byte (a derived version,
+    such as a site calibration, never retrains). Refuses to overwrite an existing file: versions are immutable."""
+    inspect_artifact(source)  # the source must itself be a valid, safe artifact
+    path = Path(path)
+    if path.exists():
+        raise ArtifactError(f"{path} exists already: model versions are immutable, write a new version")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(suffix=".h5", dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp_name)
+        with h5py.File(tmp_name, "a") as handle:
+            handle.attrs[METADATA_ATTR] = json.dumps(metadata.to_dict(), sort_keys=True)
+        os.chmod(tmp_name, 0o644)
+        os.link(tmp_name, path)  # fails if ``path`` appeared meanwhile, unlike os.replace
+    finally:
+        os.unlink(tmp_name)
     return file_sha256(path)
 
 

@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from model_store.site_calibration import SiteCalibration
+
 EMPTY_SHARE = 1e-4
 MODERATE, SIGNIFICANT = 0.1, 0.25
 MIN_ANSWERS = 50  # below this a PSI is noise, not drift
@@ -35,6 +39,15 @@ def reference_of(metrics: dict[str, Any]) -> Reference | str:
             or any(b <= a for a, b in itertools.pairwise(edges))):
         return "the artifact's validation distribution is malformed (need N+1 increasing edges, N counts)"
     return Reference([float(e) for e in edges], [int(c) for c in counts])
+
+
+def on_served_scale(reference: Reference | str, site: SiteCalibration | None) -> Reference | str:
+    """The validation distribution on the scale the service answers on: a site calibration is monotone, so
+    mapping the bin edges through it keeps every film in its bin (the inner edges move, the counts do not)."""
+    if site is None or isinstance(reference, str):
+        return reference
+    inner = site.apply(np.asarray(reference.edges[1:-1], dtype=np.float64))
+    return Reference([reference.edges[0], *(float(e) for e in inner), reference.edges[-1]], reference.counts)
 
 
 def bin_index(p: float, edges: list[float]) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 
 from app.audit.ticket import Ticket, answer_row, refusal_row
-from app.audit.writer import AuditWriter
+from app.audit.writer import AuditWriter, RecordNotStored
 from app.errors import AuditUnavailableError, classify
 from app.security import key_matches, presented_key
 
@@ -73,7 +73,10 @@ class Tracked:
                         tb: TracebackType | None) -> None:
         if exc is None and self.ticket.prediction is not None:
             self._mark()
-            self.hook.writer.enqueue(answer_row(self.ticket))
+            if self.hook.durable:
+                await self.hook.committed(answer_row(self.ticket))
+            else:
+                self.hook.writer.enqueue(answer_row(self.ticket))
         elif exc is None:  # the block ended without a prediction: a transport bug, still recorded
             log.error("audit: request %s ended without a prediction", self.ticket.request_id)
             self._mark()
@@ -97,11 +100,35 @@ class Tracked:
 
 
 class AuditHook:
-    def __init__(self, writer: AuditWriter, *, keys: list[str], salt: str | None, required: bool) -> None:
+    def __init__(self, writer: AuditWriter, *, keys: list[str], salt: str | None, required: bool,
+                 durable: bool = False, commit_timeout_s: float = 10.0) -> None:
         self.writer = writer
         self.clients = ClientLabels(keys)
         self.salt = salt
         self.required = required
+        self.durable = durable
+        self.commit_timeout_s = commit_timeout_s
+
+    async def committed(self, row: dict[str, Any]) -> None:
+        """Durable mode: returns once the answer's record is committed; otherwise the answer is refused (503)
+        and, where the writer has not taken the row yet, the row is withdrawn (no record of an unsent answer)."""
+        waiter = self.writer.commit(row)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(waiter)), self.commit_timeout_s)
+            return
+        except TimeoutError:
+            if not waiter.cancel():  # the writer is committing it right now: its outcome decides
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(waiter), self.commit_timeout_s)
+                    return
+                except Exception:  # still not committed: refused below
+                    pass
+            reason = "timed out"
+        except RecordNotStored as exc:
+            reason = f"not stored ({exc})"
+        log.error("audit: the record of request %s was %s; the answer is refused", row.get("request_id"), reason)
+        raise AuditUnavailableError("the audit record of this answer could not be committed; retry later",
+                                    retry_after=5)
 
     def check_open(self) -> None:
         """Fail-closed mode: no answer that cannot be audited."""

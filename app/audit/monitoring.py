@@ -1,6 +1,7 @@
 """Live figures over a rolling window, computed in SQL from the audit store (the same on SQLite and PostgreSQL):
 answers, positive rate, refusals by reason, the confusion matrix of answers against the latest reader label,
-sensitivity / specificity / PPV with their counts, and drift (PSI) of P(positive) against validation."""
+sensitivity / specificity / PPV with their counts (overall and per operating point, since each point decides with
+its own threshold), and drift (PSI) of P(positive) against validation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import Engine, and_, case, func, select
 
 from app.audit.drift import Reference, drift_report
 from app.audit.models import AuditRecord, Feedback
+from model_store.site_calibration import DEFAULT_POINT
 
 POSITIVE, NEGATIVE, UNCERTAIN = "PNEUMONIA", "NORMAL", "uncertain"
 LABELS = (NEGATIVE, POSITIVE, UNCERTAIN)
@@ -41,10 +43,10 @@ def window_stats(engine: Engine, *, hours: float, model_sha256: str | None = Non
         refusals = dict(connection.execute(
             select(r.error_code, func.count()).where(in_window, r.outcome == "refusal")
             .group_by(r.error_code)).all())
-        pairs = connection.execute(
-            select(r.decision, Feedback.label, func.count())
+        by_point = connection.execute(
+            select(r.operating_point, r.decision, Feedback.label, func.count())
             .join(latest, latest.c.record_id == r.id).join(Feedback, Feedback.id == latest.c.feedback_id)
-            .where(answers_where).group_by(r.decision, Feedback.label)).all()
+            .where(answers_where).group_by(r.operating_point, r.decision, Feedback.label)).all()
         observed = None
         if isinstance(reference, Reference):
             edges = reference.edges
@@ -58,7 +60,11 @@ def window_stats(engine: Engine, *, hours: float, model_sha256: str | None = Non
         "answers": int(answers), "positives": int(positives), "positive_rate": ratio(int(positives), int(answers)),
         "refusals": {"total": int(sum(refusals.values())),
                      "by_reason": {str(code): int(n) for code, n in sorted(refusals.items(), key=str)}},
-        "feedback": confusion(pairs, positive_class),
+        "feedback": confusion([row[1:] for row in by_point], positive_class),
+        # records from before operating points existed carry none: they were decided at the stored threshold
+        "by_operating_point": {point: confusion([row[1:] for row in by_point if (row[0] or DEFAULT_POINT) == point],
+                                                positive_class)
+                               for point in sorted({row[0] or DEFAULT_POINT for row in by_point})},
         "drift": drift_report(reference, observed) if reference is not None else
         {"available": False, "reason": "no model to compare with"},
     }

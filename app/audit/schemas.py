@@ -84,6 +84,9 @@ class MonitoringResponse(BaseModel):
     positive_rate: Rate
     refusals: Refusals
     feedback: FeedbackFigures
+    by_operating_point: dict[str, FeedbackFigures] = Field(default_factory=dict, description="the same figures "
+                                                           "per operating point that decided (confirmed answers "
+                                                           "only; 'default' = the stored threshold)")
     drift: dict[str, Any] = Field(description="available, psi, band (stable < 0.1 <= moderate < 0.25 <= "
                                   "significant), n and bins; or available=false and the reason")
     store: StoreState

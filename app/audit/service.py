@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from app.audit import store
-from app.audit.drift import band, reference_of
+from app.audit.drift import band, on_served_scale, reference_of
 from app.audit.hook import AuditHook, Tracked
 from app.audit.monitoring import window_stats
 from app.audit.ticket import Ticket
@@ -16,6 +16,7 @@ from app.audit.writer import AuditWriter, WriterStats
 from app.errors import AuditUnavailableError
 from app.metrics import Metrics
 from app.settings import Settings
+from model_store.site_calibration import site_calibration_of
 
 log = logging.getLogger("cxr.audit")
 BANDS = {"stable": 0, "moderate": 1, "significant": 2}
@@ -40,14 +41,18 @@ class Audit:
         self.metrics = metrics
         self.enabled = settings.audit_enabled
         self.url = store.resolve_url(settings.audit_url, settings.audit_path)
-        self.engine = store.make_engine(self.url) if self.enabled else None
+        self.durable = settings.audit_durable
+        self.engine = store.make_engine(self.url, durable=self.durable) if self.enabled else None
         stats = WriterStats(on_written=metrics.audit_written.inc,
                             on_dropped=lambda reason, n: metrics.audit_dropped.labels(reason).inc(n),
                             on_state=self._on_state)
+        # durable: no linger, the thread commits whatever is waiting at once (group commit by arrival)
         self.writer = AuditWriter(self.engine, capacity=settings.audit_buffer, batch_size=settings.audit_batch_size,
+                                  linger_s=0.0 if self.durable else 0.05,
                                   stats=stats) if self.engine is not None else None
         self.hook = AuditHook(self.writer, keys=settings.api_keys, salt=settings.audit_salt,
-                              required=settings.audit_required) if self.writer is not None else None
+                              required=settings.audit_required, durable=self.durable,
+                              commit_timeout_s=settings.audit_commit_timeout_s) if self.writer is not None else None
         self.model_source: Any = None  # the ModelManager, for the monitor's drift reference
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -62,13 +67,32 @@ class Audit:
         if self.writer is None:
             log.info("audit: off (CXR_AUDIT_ENABLED=false); answers are not recorded")
             return
-        log.info("audit: records go to %s%s", store.safe_url(self.url),
-                 " (fail closed: CXR_AUDIT_REQUIRED=true)" if self.settings.audit_required else "")
+        mode = "durable: each answer waits for its record's commit" if self.durable else "buffered"
+        log.info("audit: records go to %s (%s%s)", store.safe_url(self.url), mode,
+                 "; fail closed: CXR_AUDIT_REQUIRED=true" if self.settings.audit_required else "")
+        self.check_store()
         if self.settings.audit_salt is None:
             log.info("audit: CXR_AUDIT_SALT is unset, so DICOM UIDs are not recorded (not even hashed)")
         self.writer.start()
         self._monitor = threading.Thread(target=self._refresh_loop, name="audit-monitor", daemon=True)
         self._monitor.start()
+
+    def check_store(self) -> bool:
+        """At start: one error line naming the store and the fix where it cannot be written or reached. The
+        writer keeps retrying (a store may come up later); readiness is red meanwhile only when required."""
+        assert self.engine is not None
+        try:
+            store.check_writable(self.engine)
+        except Exception as exc:  # any failure to write is the same fault to the operator
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            consequence = ("readiness stays 503 and predictions are refused until it can be written"
+                           if self.settings.audit_required else
+                           f"serving anyway (CXR_AUDIT_REQUIRED=false): up to {self.settings.audit_buffer} records "
+                           "are held in memory, then they are dropped")
+            log.error("audit: the store %s cannot be written (%s: %s); %s. Fix: %s", store.safe_url(self.url),
+                      type(exc).__name__, detail, consequence, store.fix_hint(self.url))
+            return False
+        return True
 
     def close(self, timeout: float) -> None:
         """Part of the shutdown drain: writes what is buffered, within ``timeout`` seconds."""
@@ -117,7 +141,8 @@ class Audit:
         if model is not None:
             meta = model.metadata
             figures = window_stats(engine, hours=self.settings.audit_window_hours,
-                                   model_sha256=model.artifact.sha256, reference=reference_of(meta.metrics),
+                                   model_sha256=model.artifact.sha256,
+                                   reference=on_served_scale(reference_of(meta.metrics), site_calibration_of(meta)),
                                    positive_class=meta.positive_class)
             figures["model"] = model.describe()
         else:

@@ -112,7 +112,8 @@ def answer_row(ticket: Ticket) -> dict[str, Any]:
         "model_name": meta.name, "model_version": str(model.version), "model_sha256": model.artifact.sha256,
         "runtime": str(described["runtime"])[:64] if described.get("runtime") else None,
         "probabilities": probabilities, "p_positive": probabilities[meta.positive_class],
-        "decision": prediction.label, "threshold": float(meta.decision_threshold),
+        "decision": prediction.label, "threshold": float(prediction.threshold),
+        "operating_point": str(prediction.operating_point)[:32], "calibration": prediction.calibration,
         "timings": {**{k: float(v) for k, v in prediction.timing_ms.items()}, **row["timings"]},
     })
     return row

@@ -3,6 +3,10 @@
 The buffer is bounded: while the store is down it holds up to ``capacity`` rows and retries; beyond that a row
 is not stored, and that is counted (``cxr_audit_records_dropped_total{reason}``) and logged, never silent.
 A row that the store rejects on its own (not an outage) is retried alone and dropped (counted) if it still fails.
+
+Durable mode (``commit``): the producer gets a future that completes once its row is committed. The thread
+takes everything waiting (up to ``batch_size``) into one transaction and then releases all its waiters: group
+commit, so 64 concurrent answers cost about one commit, not 64.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -23,6 +28,11 @@ from app.audit.models import RECORD_COLUMNS, AuditRecord
 log = logging.getLogger("cxr.audit")
 
 Row = dict[str, Any]
+Waiter = Future[None]
+
+
+class RecordNotStored(Exception):
+    """A durable row that will not be committed (store rejected it, buffer full, shut down)."""
 OUTAGE_ERRORS = (OperationalError, DisconnectionError)
 
 
@@ -62,7 +72,9 @@ class AuditWriter:
         self.ping_s = ping_s
         self.stats = stats or WriterStats()
         self.migrate = migrate
-        self._buffer: collections.deque[Row] = collections.deque()
+        # (row, waiter): the waiter is None for buffered rows, a Future for durable ones
+        self._buffer: collections.deque[tuple[Row, Waiter | None]] = collections.deque()
+        self._inflight: list[tuple[Row, Waiter | None]] = []  # taken by the thread, not yet settled
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -78,21 +90,38 @@ class AuditWriter:
 
     # -- producers (request handlers): never block on the store --------------------------------------------
     def enqueue(self, row: Row) -> bool:
+        """Buffered: the row is written soon; the caller does not wait."""
+        return self._put(row, None)
+
+    def commit(self, row: Row) -> Waiter:
+        """Durable: a future that completes when the row is committed, or fails (``RecordNotStored``) when it
+        will not be. Cancelling it before the thread takes the row withdraws the row."""
+        waiter: Waiter = Future()
+        self._put(row, waiter)
+        return waiter
+
+    def _put(self, row: Row, waiter: Waiter | None) -> bool:
         with self._lock:
             closed = self._stopping.is_set() and self._thread is None
-            accepted = not closed and len(self._buffer) < self.capacity
+            accepted = not closed and self._pending() < self.capacity
             if accepted:
-                self._buffer.append(row)
+                self._buffer.append((row, waiter))
                 self._accepted += 1
         if accepted:
             self._wake.set()
             return True
-        self._drop("buffer_full" if not self._stopping.is_set() else "closed", 1)
+        reason = "buffer_full" if not self._stopping.is_set() else "closed"
+        self._drop(reason, 1)
+        if waiter is not None:
+            waiter.set_exception(RecordNotStored(reason))
         return False
+
+    def _pending(self) -> int:
+        return len(self._buffer) + len(self._inflight)
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._pending()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -113,19 +142,29 @@ class AuditWriter:
         return True
 
     def close(self, timeout: float) -> None:
-        """Shutdown: write what is buffered (up to ``timeout`` seconds), count and log what could not be."""
+        """Shutdown: write what is buffered within ``timeout`` seconds in all; what is left then is counted as
+        dropped (reason ``shutdown``) and logged. A store that hangs (a lock, a dead server) cannot hold the
+        stop longer: the thread is a daemon and is not waited for beyond the bound."""
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout) if self._thread is not None else False
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(max(1.0, min(timeout, 5.0)))
+            self._thread.join(max(0.1, min(1.0, deadline - time.monotonic())))
         with self._lock:
-            left = len(self._buffer)
+            left = self._buffer.copy()
+            left.extend(self._inflight)
             self._buffer.clear()
-            self._done += left
+            self._inflight = []
+            self._done += len(left)
             self._thread = None
+            self._idle.notify_all()
         if left:
-            self._drop("shutdown", left)
+            log.error("audit: the shutdown flush ended after %.1f s (CXR_AUDIT_FLUSH_TIMEOUT_S); store: %s",
+                      timeout, self.last_error or "too slow")
+            self._drop("shutdown", len(left))
+            for _, waiter in left:
+                _fail(waiter, "shutdown")
         elif flushed:
             log.info("audit: all records written at shutdown (%d in this run)", self.written)
         self.engine.dispose()
@@ -137,16 +176,33 @@ class AuditWriter:
                 if not self._attempt(self._migrate):
                     self._stopping.wait(self.retry_s)
                 continue
-            if not self._buffer:
+            if not self._inflight and not self._buffer:
                 self._wake.clear()
                 if not self._buffer and not self._wake.wait(self.ping_s):
                     self._attempt(lambda: store.ping(self.engine))  # idle: keep readiness honest
                     continue
-                self._stopping.wait(self.linger_s)  # let a batch gather
-            with self._lock:
-                batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
-            if batch and not self._write(batch):
+                if self.linger_s > 0:
+                    self._stopping.wait(self.linger_s)  # let a batch gather
+            if not self._inflight:
+                self._take()
+            if self._inflight and not self._write(self._inflight):
                 self._stopping.wait(self.retry_s)
+
+    def _take(self) -> None:
+        """Moves up to a batch from the buffer to the thread; durable rows whose waiter gave up are withdrawn."""
+        withdrawn = 0
+        with self._lock:
+            while self._buffer and len(self._inflight) < self.batch_size:
+                row, waiter = self._buffer.popleft()
+                if waiter is not None and not waiter.set_running_or_notify_cancel():
+                    withdrawn += 1  # its answer was refused (commit timeout): no record for it
+                    continue
+                self._inflight.append((row, waiter))
+            self._done += withdrawn
+            if withdrawn:
+                self._idle.notify_all()
+        if withdrawn:
+            self._drop("withdrawn", withdrawn)
 
     def _migrate(self) -> None:
         if self.migrate:
@@ -167,10 +223,10 @@ class AuditWriter:
         self._set_state(True)
         return True
 
-    def _write(self, batch: list[Row]) -> bool:
+    def _write(self, batch: list[tuple[Row, Waiter | None]]) -> bool:
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(AuditRecord), full_rows(batch))
+                connection.execute(insert(AuditRecord), full_rows([row for row, _ in batch]))
         except Exception as exc:  # the thread must outlive any bad row
             if is_outage(exc):
                 self._set_state(False, exc)
@@ -178,49 +234,48 @@ class AuditWriter:
             self._write_one_by_one(batch)
             return True
         self._set_state(True)
-        self._settle(len(batch), written=len(batch))
+        self._settle(list(batch), written=len(batch))
         return True
 
-    def _write_one_by_one(self, batch: list[Row]) -> None:
+    def _write_one_by_one(self, batch: list[tuple[Row, Waiter | None]]) -> None:
         """A batch the store refused for its data: every good row still goes in; bad ones are counted."""
+        handled: list[tuple[Row, Waiter | None]] = []
         written = 0
-        for row in batch:
+        for entry in list(batch):
+            row, waiter = entry
             try:
                 with self.engine.begin() as connection:
                     connection.execute(insert(AuditRecord), full_rows([row]))
                 written += 1
+                handled.append(entry)
             except Exception as exc:  # a row that cannot be stored (data, not the store)
                 if is_outage(exc):
                     self._set_state(False, exc)
-                    # keep the rest for a retry: settle only what was handled
-                    self._settle(written, written=written)
-                    return
+                    break  # keep the rest for a retry: settle only what was handled
                 log.error("audit: the store rejected record %s: %s", row.get("request_id"), type(exc).__name__)
-                self._settle_rejected(row)
-        self._settle(written, written=written)
+                self._settle([entry], written=0)
+                self._drop("rejected", 1)
+                _fail(waiter, "rejected")
+        self._settle(handled, written=written)
 
-    def _settle_rejected(self, row: Row) -> None:
+    def _settle(self, entries: list[tuple[Row, Waiter | None]], *, written: int) -> None:
         with self._lock:
-            self._buffer.remove(row)
-            self._done += 1
+            ids = {id(entry) for entry in entries}
+            self._inflight = [entry for entry in self._inflight if id(entry) not in ids]
+            self._done += len(entries)
             self._idle.notify_all()
-        self._drop("rejected", 1)
-
-    def _settle(self, count: int, *, written: int) -> None:
-        with self._lock:
-            for _ in range(count):
-                self._buffer.popleft()
-            self._done += count
-            self._idle.notify_all()
-        self.written += written
         if written:
+            for _, waiter in entries:
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            self.written += written
             self.stats.on_written(written)
-        self.stats.on_state(self.store_up, len(self._buffer))
+        self.stats.on_state(self.store_up, self._pending())
 
     def _set_state(self, up: bool, exc: BaseException | None = None) -> None:
         if up and not self.store_up:
             log.info("audit: store reachable (%s); %d records buffered", store.safe_url(str(self.engine.url)),
-                     len(self._buffer))
+                     self._pending())
             self.last_error = None
         elif not up:
             detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -229,7 +284,7 @@ class AuditWriter:
                             store.safe_url(str(self.engine.url)), self.capacity, detail)
             self.last_error = detail
         self.store_up = up
-        self.stats.on_state(up, len(self._buffer))
+        self.stats.on_state(up, self._pending())
 
     def _drop(self, reason: str, count: int) -> None:
         self.dropped[reason] += count
@@ -238,3 +293,8 @@ class AuditWriter:
         # one line per power of two: every loss is logged, a long outage does not flood the log
         if total & (total - 1) == 0 or reason != "buffer_full":
             log.error("audit: %d record(s) not stored (%s; %d so far for this reason)", count, reason, total)
+
+
+def _fail(waiter: Waiter | None, reason: str) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_exception(RecordNotStored(reason))

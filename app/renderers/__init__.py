@@ -1,6 +1,7 @@
 """Renderers: one Prediction, three representations, one negotiation point (the Accept header).
 
-``application/json`` (default) | ``application/dicom`` (DICOM SR, DICOM uploads only) | ``application/fhir+json``.
+``application/json`` (default) | ``application/dicom`` (DICOM SR, DICOM uploads only) | ``application/fhir+json``
+| ``multipart/related; type="application/dicom"`` (the SR, plus the heatmap Secondary Capture with explain=true).
 Renderers never call transports (HTTP routes, the DICOM node); transports pick one here. The SR and FHIR
 renderers (highdicom, fhir.resources) are imported on first use, so the default JSON path pays nothing for them.
 """
@@ -15,7 +16,8 @@ from app.errors import NotAcceptableError
 JSON = "application/json"
 DICOM = "application/dicom"
 FHIR = "application/fhir+json"
-OFFERED = (JSON, DICOM, FHIR)  # in order of preference when the client accepts several equally
+MULTIPART = "multipart/related"  # of application/dicom parts only (PS3.18): SR + heatmap image
+OFFERED = (JSON, DICOM, FHIR, MULTIPART)  # in order of preference when the client accepts several equally
 _FAST = frozenset({"", "*/*", JSON, "application/*"})
 
 
@@ -43,15 +45,19 @@ def _negotiate(accept: str) -> str:
 
 def _parse(part: str) -> tuple[str, float]:
     media, _, params = part.strip().partition(";")
+    media = media.strip().lower()
     q = 1.0
     for param in params.split(";"):
         name, _, value = param.strip().partition("=")
-        if name.strip().lower() == "q":
+        name = name.strip().lower()
+        if name == "q":
             try:
                 q = min(1.0, max(0.0, float(value)))
             except ValueError:
                 q = 0.0
-    return media.strip().lower(), q
+        elif name == "type" and media == MULTIPART and value.strip().strip('"').lower() != DICOM:
+            media = f"{MULTIPART}+{value.strip()}"  # multipart of something else: matches no offer
+    return media, q
 
 
 def _quality_of(offer: str, ranges: list[tuple[str, float]]) -> float:
@@ -66,7 +72,7 @@ def _quality_of(offer: str, ranges: list[tuple[str, float]]) -> float:
 
 def check_upload(media_type: str, data: bytes) -> None:
     """Refuses, before the model runs, an upload the chosen representation cannot be made from."""
-    if media_type == DICOM:
+    if media_type in (DICOM, MULTIPART):
         from app.renderers import dicom_sr
 
         dicom_sr.read_source(data)
@@ -83,3 +89,13 @@ def render_bytes(media_type: str, prediction: Prediction, data: bytes, request_i
 
         return fhir.render(prediction, data, request_id)
     raise NotAcceptableError(f"no renderer for {media_type}")
+
+
+def render_multipart(prediction: Prediction, data: bytes, max_pixels: int) -> tuple[bytes, str]:
+    """(body, Content-Type) of ``multipart/related; type="application/dicom"``: the heatmap Secondary Capture
+    (when the prediction carries a Grad-CAM map, i.e. explain=true) then the SR that references it."""
+    from app.dicomweb import encode_multipart
+    from app.renderers import dicom_results, dicom_sr
+
+    datasets = dicom_results.build(prediction, data, mode="sc", max_pixels=max_pixels)
+    return encode_multipart([dicom_sr.encode(dataset) for dataset in datasets])

@@ -2,8 +2,9 @@
 
 This is how a PACS files an AI result (IHE AI Results): same study as the source image, a new series, the
 source image referenced, a qualitative evaluation (pneumonia present/absent, SNOMED CT), the calibrated
-probability as a measurement, the algorithm per TID 4019 (name, version, manufacturer, decision threshold as a
-parameter), a device observer, and the intended-use notice. The source's patient module is copied, because that
+probability as a measurement, the algorithm per TID 4019 (name, version, manufacturer; as its parameters the
+operating point and decision threshold that decided and the calibration: temperature and site calibration), a
+device observer, and the intended-use notice. The source's patient module is copied, because that
 is what files the SR with the patient; those values never appear in a log line or an error message.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import highdicom as hd
 from pydicom import dcmread
@@ -40,6 +41,8 @@ PLAIN_CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
 PROBABILITY = hd.sr.CodedConcept(codes.DCM.Probability.value, "DCM", codes.DCM.Probability.meaning)
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 COMMENT = hd.sr.CodedConcept(codes.DCM.Comment.value, "DCM", codes.DCM.Comment.meaning)
+GRAD_CAM = hd.sr.CodedConcept(codes.DCM.GradientWeightedClassActivation.value, "DCM",
+                              codes.DCM.GradientWeightedClassActivation.meaning)
 
 # Type 2 attributes highdicom reads from the source to fill the SR's patient and study modules; a source that
 # lacks one (legal for some) gets it empty, as DICOM says an unknown type 2 value is written.
@@ -82,8 +85,21 @@ def device_uid(prediction: Prediction) -> UID:
     return generate_uid(entropy_srcs=["cxr-serve device", prediction.model.artifact.sha256])
 
 
-def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[], UID] = generate_uid
-             ) -> hd.sr.Comprehensive3DSR:
+def algorithm_parameters(prediction: Prediction) -> list[str]:
+    """TID 4019 Algorithm Parameters: what turned the model's output into this finding, one 'name=value' each."""
+    calibration = prediction.calibration
+    site = calibration["site_calibration"]
+    return [f"decision threshold={prediction.threshold:g}", f"operating point={prediction.operating_point}",
+            f"temperature={calibration['temperature']:g}",
+            "site calibration=" + (f"{site['method']} intercept={site['intercept']:g} slope={site['slope']:g}"
+                                   if isinstance(site, dict) else "none"),
+            f"model sha256={prediction.model.artifact.sha256}"]
+
+
+def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[], UID] = generate_uid,
+             heatmaps: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
+    """``heatmaps``: DICOM images of the Grad-CAM map made for this result (app/renderers/dicom_heatmap.py);
+    each is referenced from the measurement group (DCM 130403) and listed in the SR's evidence."""
     meta = prediction.model.metadata
     positive = float(prediction.probabilities[meta.positive_index])
     present = prediction.label == meta.positive_class
@@ -91,8 +107,7 @@ def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[
     image = (str(source.SOPClassUID), str(source.SOPInstanceUID))
     algorithm = hd.sr.AlgorithmIdentification(
         name=meta.name, version=str(prediction.model.version), manufacturer=MANUFACTURER,
-        parameters=[f"decision threshold={meta.decision_threshold:g}",
-                    f"model sha256={prediction.model.artifact.sha256}"])
+        parameters=algorithm_parameters(prediction))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -111,11 +126,17 @@ def build_sr(prediction: Prediction, source: Dataset, *, uid_factory: Callable[[
     for text in (NOTICE, *getattr(prediction, "warnings", ())):
         group[0].ContentSequence.append(hd.sr.TextContentItem(
             name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    for heatmap in heatmaps:
+        group[0].ContentSequence.append(hd.sr.ImageContentItem(
+            name=GRAD_CAM, referenced_sop_class_uid=heatmap.SOPClassUID,
+            referenced_sop_instance_uid=heatmap.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PLAIN_CHEST_XRAY, imaging_measurements=[group])
     return hd.sr.Comprehensive3DSR(
-        evidence=[evidence], content=report[0], series_instance_uid=uid_factory(), series_number=SERIES_NUMBER,
+        evidence=[evidence, *map(_evidence, heatmaps)], content=report[0], series_instance_uid=uid_factory(),
+        series_number=SERIES_NUMBER,
         sop_instance_uid=uid_factory(), instance_number=1, manufacturer=MANUFACTURER,
         is_complete=True, is_final=False, is_verified=False, series_description=SERIES_DESCRIPTION,
         manufacturer_model_name=meta.name, software_versions=str(prediction.model.version),

@@ -1,7 +1,8 @@
 """Prediction -> a FHIR R5 DiagnosticReport (built and validated with fhir.resources).
 
 One resource answers the request: the DiagnosticReport (status ``preliminary``: a clinician must review it)
-with the Observation (pneumonia present/absent, the calibrated probability, the decision threshold) and the
+with the Observation (pneumonia present/absent, the calibrated probability, the decision threshold, the operating
+point that decided and the calibration) and the
 Device (the model: name, version, sha256) as contained resources, and, for a DICOM upload, a logical reference
 to the ImagingStudy by its Study Instance UID (how an EHR links the result to the images in the PACS).
 """
@@ -47,6 +48,14 @@ def _quantity(value: float) -> dict[str, Any]:
     return {"value": round(value, 6), "unit": "1", "system": UCUM, "code": "1"}
 
 
+def calibration_text(calibration: dict[str, Any]) -> str:
+    """The calibration as one readable line (FHIR components carry one value each)."""
+    site = calibration["site_calibration"]
+    site_text = (f"site calibration {site['method']} (intercept {site['intercept']:g}, slope {site['slope']:g})"
+                 if isinstance(site, dict) else "no site calibration")
+    return f"temperature {calibration['temperature']:g}; {site_text}"
+
+
 def build_report(prediction: Prediction, request_id: str, study_uid: str | None) -> DiagnosticReport:
     meta = prediction.model.metadata
     positive = float(prediction.probabilities[meta.positive_index])
@@ -72,7 +81,9 @@ def build_report(prediction: Prediction, request_id: str, study_uid: str | None)
         "valueCodeableConcept": {"coding": [PRESENT if present else ABSENT], "text": finding},
         "component": [
             {"code": {"text": "Probability of pneumonia (calibrated)"}, "valueQuantity": _quantity(positive)},
-            {"code": {"text": "Decision threshold"}, "valueQuantity": _quantity(meta.decision_threshold)},
+            {"code": {"text": "Decision threshold"}, "valueQuantity": _quantity(prediction.threshold)},
+            {"code": {"text": "Operating point"}, "valueString": prediction.operating_point},
+            {"code": {"text": "Calibration"}, "valueString": calibration_text(prediction.calibration)},
         ],
         "device": {"reference": "#model"},
         "issued": issued,
@@ -90,7 +101,8 @@ def build_report(prediction: Prediction, request_id: str, study_uid: str | None)
         "contained": [device, observation],
         "result": [{"reference": "#finding"}],
         "conclusion": f"Pneumonia {finding} (probability {positive:.3f}, decision threshold "
-                      f"{meta.decision_threshold:.3f}; model {meta.name} v{version}). {NOTICE}",
+                      f"{prediction.threshold:.3f} at operating point {prediction.operating_point}; model "
+                      f"{meta.name} v{version}). {NOTICE}",
         # a coded conclusion only for the finding itself; "absent" is carried by the Observation's value
         **({"conclusionCode": [{"coding": [PNEUMONIA], "text": "pneumonia present"}]} if present else {}),
         **({"study": study} if study else {}),

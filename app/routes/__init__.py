@@ -3,7 +3,7 @@ when keys are configured; health, metrics and the v2 health/metadata routes stay
 
 from fastapi import APIRouter, Depends
 
-from app.routes import admin, feedback, health, models, monitoring, predict, prometheus, ui, v2
+from app.routes import admin, dicomweb, feedback, health, models, monitoring, predict, prometheus, ui, v2
 from app.security import require_api_key
 
 router = APIRouter()
@@ -14,6 +14,7 @@ router.include_router(admin.router, dependencies=protected)
 router.include_router(v2.router, dependencies=protected)
 router.include_router(feedback.router, dependencies=protected)
 router.include_router(monitoring.router, dependencies=protected)
+router.include_router(dicomweb.router, dependencies=protected)  # STOW-RS in: the predict scope
 router.include_router(v2.open_router)
 router.include_router(health.router)
 router.include_router(prometheus.router)

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from app.dependencies import ManagerDep
-from app.errors import InvalidInputError, ModelNotFound, ServiceError
+from app.errors import InvalidInputError, ModelNotFound, OperatingPointUnavailableError, ServiceError
 from app.schemas import ErrorResponse, ModelRef
 from model_store.artifact import ArtifactError
 from model_store.registry import ModelNotFoundError
@@ -32,7 +32,7 @@ class ReloadFailedError(ServiceError):
 
 
 @router.post("/reload", response_model=ReloadResponse,
-             responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 422, 500, 503)})
+             responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 422, 500, 503)})
 async def reload(manager: ManagerDep, body: ReloadRequest | None = None) -> dict[str, object]:
     previous = manager.current.describe()
     version = body.version if body else None
@@ -42,6 +42,9 @@ async def reload(manager: ManagerDep, body: ReloadRequest | None = None) -> dict
         available = manager.registry.versions(previous["name"])
         raise ModelNotFound(f"model {previous['name']!r} has no version {version} (available: {available}); "
                             f"version {previous['version']} keeps serving") from exc
+    except OperatingPointUnavailableError as exc:  # CXR_OPERATING_POINT names a point this version lacks
+        raise OperatingPointUnavailableError(f"refused: {exc.message}; version {previous['version']} keeps serving",
+                                             details=exc.details) from exc
     except ArtifactError as exc:
         reason = str(exc).replace(str(manager.registry.root), "<store>")  # no server paths to clients
         raise InvalidInputError(f"refused: {reason}; version {previous['version']} keeps serving") from exc

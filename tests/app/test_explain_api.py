@@ -136,8 +136,10 @@ def test_the_review_page_and_its_assets_are_served_with_a_strict_policy(explaini
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
     assert client.get("/ui/assets/index.html").status_code == 404
     assert client.get("/ui/assets/..%2F..%2Fsettings.py").status_code == 404
+    # the names of the active version's operating points (the shipped version has one), never their thresholds
     assert client.get("/ui/config").json() == {"notice": NOTICE, "api_key_required": False,
-                                               "max_upload_bytes": SERVER_SETTINGS["max_upload_bytes"]}
+                                               "max_upload_bytes": SERVER_SETTINGS["max_upload_bytes"],
+                                               "operating_points": ["default"], "default_operating_point": "default"}
 
 
 def test_preview_refuses_what_is_not_an_image(explaining):

@@ -42,8 +42,11 @@ def test_response_contract(server, reference, shipped_model, fullres_images):
     assert response.status_code == 200
     body = response.json()
     meta = reference.metadata
-    assert set(body) == {"prediction", "probabilities", "threshold", "positive_class", "model", "request_id",
-                         "timing_ms", "gate", "warnings", "notice"}
+    assert set(body) == {"prediction", "probabilities", "threshold", "operating_point", "calibration",
+                         "positive_class", "model", "request_id", "timing_ms", "gate", "warnings", "notice"}
+    # v2 has no named points: its one point is the stored validation threshold, after its temperature alone
+    assert body["operating_point"] == "default"
+    assert body["calibration"] == {"temperature": meta.temperature, "site_calibration": None}
     assert body["gate"]["passed"] is True and body["warnings"] == []
     assert response.headers["x-request-id"] == body["request_id"] == "ward-7:req-42"
     assert list(body["probabilities"]) == meta.class_names

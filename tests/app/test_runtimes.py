@@ -5,6 +5,7 @@ the weights it is converted from."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 
@@ -25,6 +26,7 @@ from model_store.artifact import file_sha256, inspect_artifact, load_artifact
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
 from model_store.registry import DEFAULT_STORE, ModelRegistry
+from model_store.site_calibration import final_probabilities
 
 BUCKETS = [1, 2, 4, 8, 16]
 
@@ -208,6 +210,29 @@ def test_a_runtime_returning_non_finite_values_fails_and_reports_json_safely(art
     runtime.predict = lambda batch: np.full((len(batch), 2), np.nan, np.float32)  # type: ignore[method-assign]
     check = verify(runtime, golden_set, artifact.metadata)
     assert not check.passed and check.to_dict()["max_abs_diff"] is None
+
+
+def test_verification_checks_decisions_at_every_operating_point(artifact, golden_set):
+    """A site version decides at several thresholds after its own recalibration: a runtime that flips one
+    input at one point only (its probabilities well within tolerance) is refused."""
+    runtime = RUNTIMES["keras"].load(artifact, BUCKETS)
+    shift = np.array([-0.004, 0.004], np.float32)  # P(positive) up by 0.004 everywhere
+    runtime.predict = lambda batch, real=runtime.predict: np.clip(real(batch) + shift, 0, 1)  # type: ignore[method-assign]
+    want = golden_set.probabilities
+    got = np.clip(want + shift, 0, 1)
+    site = {"intercept": -0.5, "slope": 0.9, "method": "logistic"}
+    probe = dataclasses.replace(artifact.metadata, site_calibration=site)
+    before, after = (final_probabilities(p, probe)[:, 1] for p in (want, got))
+    k = int(np.argmax(after - before))
+    crossed = float((before[k] + after[k]) / 2)  # only input k lies on both sides of it
+    spared = 0.0  # every input is positive here, before and after
+    meta = dataclasses.replace(probe, operating_points={"screening": spared, "balanced": crossed},
+                               default_operating_point="screening", decision_threshold=spared)
+    assert decisions(want, meta).shape == (len(want), 2)
+    check = verify(runtime, golden_set, meta)
+    assert check.max_abs_diff <= TOLERANCE and check.decision_flips == 1 and not check.passed
+    single = dataclasses.replace(meta, operating_points={"screening": spared})
+    assert verify(runtime, golden_set, single).passed  # the same runtime passes where that point is absent
 
 
 def test_bf16_is_offered_only_where_the_cpu_has_it():

@@ -28,7 +28,8 @@ def find_bin() -> Path | None:
 
 
 class Postgres:
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, fsync: bool = False) -> None:
+        self.fsync = fsync  # off for tests (speed); on where commit cost is measured (benchmarks)
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="cxr-pg-"))
         self.data = self.root / "data"
@@ -57,7 +58,8 @@ class Postgres:
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "cxr", "cxr_audit")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        fsync = "on" if self.fsync else "off"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync={fsync}"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
                   "-w", "-t", "60", "start")
 

@@ -85,13 +85,17 @@ def test_deployment(renders, render):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "time to load and warm the model"
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert spec["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + 30, "preStop, then the drain, then SIGKILL"
+    config = kinds["ConfigMap"]["data"]
+    drain = float(config["CXR_GRACEFUL_TIMEOUT"]) + float(config["CXR_AUDIT_FLUSH_TIMEOUT_S"])
+    assert spec["terminationGracePeriodSeconds"] > int(pre_stop[1]) + drain, "preStop, drain, audit flush, SIGKILL"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
     (config,) = container["envFrom"]
     assert config["configMapRef"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
     api_keys = next(e for e in container["env"] if e["name"] == "CXR_API_KEYS")["valueFrom"]["secretKeyRef"]
     assert api_keys["optional"] is True, "API keys are optional"
+    audit_url = next(e for e in container["env"] if e["name"] == "CXR_AUDIT_URL")["valueFrom"]["secretKeyRef"]
+    assert audit_url["optional"] is True, "a shared audit store is optional (a Secret: the URL holds a password)"
 
 
 @pytest.mark.parametrize("render", list(KUSTOMIZATIONS))

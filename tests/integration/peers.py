@@ -24,7 +24,7 @@ from app_harness import free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +69,7 @@ class SrSink:
     def start(self) -> None:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(Comprehensive3DSRStorage)
+        ae.add_supported_context(SecondaryCaptureImageStorage)  # the heatmap image beside the SR
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
@@ -124,15 +125,18 @@ def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> P
     return Process(process, log)
 
 
-def wait_http(process: Process, url: str, timeout: float = 120.0) -> None:
+def wait_http(process: Process, url: str, timeout: float = 120.0, auth: tuple[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         assert process.process.poll() is None, f"exited early:\n{process.log_text()[-3000:]}"
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, auth=auth).status_code == 200:
                 return
         assert time.monotonic() < deadline, f"{url} not up in {timeout}s:\n{process.log_text()[-3000:]}"
         time.sleep(0.2)
+
+
+ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 
 
 @dataclass
@@ -141,17 +145,28 @@ class Orthanc:
     dicom_port: int
     ae_title: str
     process: Process
+    auth: tuple[str, str] | None = None
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        return httpx.Client(base_url=self.url, timeout=60, auth=self.auth)
+
+
+def orthanc_plugins(*names: str) -> list[str]:
+    """Paths of Debian's Orthanc plugins (e.g. "OrthancDicomWeb"); skips the test where one is not installed."""
+    paths = [ORTHANC_PLUGINS / f"lib{name}.so" for name in names]
+    missing = [path.name for path in paths if not path.exists()]
+    if missing:
+        pytest.skip(f"Orthanc plugin(s) {', '.join(missing)} not installed (Debian packages orthanc-dicomweb, "
+                    "orthanc-webviewer)")
+    return [str(path) for path in paths]
 
 
 @contextlib.contextmanager
-def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]],
-            extra: dict[str, object] | None = None) -> Iterator[Orthanc]:
-    """Debian's Orthanc, headless: generated configuration, storage in ``folder``, no authentication, loopback
-    only, and ``modalities`` (name -> AE title, host, port) it may send to; ``extra`` adds or replaces
-    configuration options (e.g. DICOM TLS)."""
+def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]], *, plugins: list[str] | None = None,
+            users: dict[str, str] | None = None, **extra: object) -> Iterator[Orthanc]:
+    """Debian's Orthanc, headless: generated configuration, storage in ``folder``, loopback only, and
+    ``modalities`` (name -> AE title, host, port) it may send to. ``plugins``: paths to load; ``users``: HTTP
+    basic authentication on (else none); ``extra``: more configuration (e.g. "DicomWeb")."""
     # Debian installs it in /usr/sbin, which a non-root PATH may lack
     binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
@@ -163,15 +178,16 @@ def orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]],
         "AuthenticationEnabled": False, "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": dicom_port,
         "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomScuTimeout": 10,
         "DicomModalities": {name: list(entry) for name, entry in modalities.items()},
-        "Plugins": [], "SaveJobs": False, "StorageCompression": False, "HttpsVerifyPeers": False,
-        **(extra or {}),
+        "Plugins": plugins or [], "SaveJobs": False, "StorageCompression": False, "HttpsVerifyPeers": False,
+        **({"AuthenticationEnabled": True, "RegisteredUsers": users} if users else {}), **extra,
     }
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
     process = spawn([binary, str(path)], folder / "orthanc.log")
+    auth = next(iter(users.items())) if users else None
     try:
-        wait_http(process, f"http://127.0.0.1:{http_port}/system", timeout=60)
-        yield Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, "ORTHANC", process)
+        wait_http(process, f"http://127.0.0.1:{http_port}/system", timeout=60, auth=auth)
+        yield Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, "ORTHANC", process, auth)
     finally:
         process.stop(30)
 

@@ -76,7 +76,9 @@ def node(shipped_model: Path, sink: SrSink, logs: Collect, audit_db: Path) -> It
                         audit_path=audit_db,
                         dicom_allowed_calling_aets=MODALITY_AE, dicom_destination_host="127.0.0.1",
                         dicom_destination_port=sink.port, dicom_destination_ae_title=sink.ae_title,
-                        dicom_send_retries=RETRIES, dicom_retry_delay_s=0.1, dicom_timeout_s=5, **GATE_SETTINGS)
+                        dicom_send_retries=RETRIES, dicom_retry_delay_s=0.1, dicom_timeout_s=5,
+                        dicom_heatmap="off",  # the node's mechanics, one SR per image (heatmaps: test_dicomweb.py)
+                        **GATE_SETTINGS)
     with serve(settings) as running:
         yield running
 
@@ -245,13 +247,13 @@ def test_stop_drains_accepted_images_then_readiness_fails(node, sink, films):
     """Last in this module (it stops the node): an image still being processed when stop() begins is answered
     before stop() returns, and from then on the service is not ready (the lifespan's stop is then a no-op)."""
     dicom_node = node.app.state.dicom_node
-    render, go = dicom_node.render_sr, threading.Event()
+    render, go = dicom_node.render_results, threading.Event()
 
     def held_render(prediction, data):
         assert go.wait(60), "never released"
         return render(prediction, data)
 
-    dicom_node.render_sr = held_render
+    dicom_node.render_results = held_render
     before = len(sink.received)
     assert send(node, chest_dicom(films["NORMAL"])) == 0x0000
     assert dicom_node.pending == 1  # held in the node until released below

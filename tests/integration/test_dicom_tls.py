@@ -70,7 +70,7 @@ def test_orthanc_round_trip_over_dicom_tls(shipped_model, fullres_images, patien
     http_port, dicom_port = free_port(), free_port()
     gate_env = {f"CXR_{key.upper()}": value for key, value in GATE_SETTINGS.items()}
     (tmp_path / "orthanc").mkdir()
-    with orthanc(tmp_path / "orthanc", {}, orthanc_tls(hospital, orthanc_cert, dicom_port)) as pacs, \
+    with orthanc(tmp_path / "orthanc", {}, **orthanc_tls(hospital, orthanc_cert, dicom_port)) as pacs, \
             pacs.client() as rest:
         server = start_cxr_serve(tmp_path / "cxr-serve.log", http_port=http_port, dicom_port=dicom_port,
                                  CXR_DICOM_AE_TITLE=NODE_AE,
@@ -115,7 +115,8 @@ def test_orthanc_round_trip_over_dicom_tls(shipped_model, fullres_images, patien
     assert sr.Modality == "SR" and sr.StudyInstanceUID == source.StudyInstanceUID
     log = server.process.log_text()
     assert code == 0, log[-3000:]
-    assert f"listening on 127.0.0.1:{dicom_port} (TLS); SRs go to ORTHANC@127.0.0.1:{pacs.dicom_port} (TLS)" in log
+    assert f"C-STORE in on 127.0.0.1:{dicom_port} over DICOM TLS" in log
+    assert f"go to ORTHANC@127.0.0.1:{pacs.dicom_port} (C-STORE over DICOM TLS)" in log
     [refused] = [line for line in metrics.splitlines()
                  if line.startswith('cxr_dicom_images_received_total{outcome="tls_refused"}')]
     assert float(refused.split()[-1]) >= 3, refused

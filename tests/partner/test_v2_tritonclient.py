@@ -51,7 +51,8 @@ def test_server_and_model_metadata_and_readiness(client):
     assert model["versions"] == ["1"]
     assert {(i["name"], i["datatype"]) for i in model["inputs"]} == {("image", "BYTES"), ("input", "FP32")}
     assert {"name": "input", "datatype": "FP32", "shape": [-1, size, size, 1]} in model["inputs"]
-    assert {(o["name"], o["datatype"]) for o in model["outputs"]} == {("probabilities", "FP32"), ("label", "BYTES")}
+    assert {(o["name"], o["datatype"]) for o in model["outputs"]} == {("probabilities", "FP32"), ("label", "BYTES"),
+                                                                      ("heatmap", "FP32")}
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -91,6 +92,26 @@ def test_output_selection_returns_only_what_was_asked(client, images):
     result = client.infer("pneumonia", [tensor], outputs=[triton.InferRequestedOutput("label")], headers=auth())
     assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]
     assert result.as_numpy("probabilities") is None
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_heatmap_output_by_name_equals_the_json_explanation(client, server, images, binary):
+    """The Grad-CAM grid as an optional output tensor: only when asked for, equal to /predict?explain=true's."""
+    tensor = triton.InferInput("image", [2], "BYTES")
+    elements = images[1:3] if binary else [base64.b64encode(d) for d in images[1:3]]  # JSON carries base64
+    tensor.set_data_from_numpy(np.array(elements, dtype=object), binary_data=binary)
+    outputs = [triton.InferRequestedOutput("heatmap", binary_data=binary),
+               triton.InferRequestedOutput("label", binary_data=binary)]
+    result = client.infer("pneumonia", [tensor], outputs=outputs, headers=auth())
+    heatmap = result.as_numpy("heatmap")
+    assert heatmap.shape == (2, 14, 14) and heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0, abs=1e-3)  # normalised per image
+    for i, data in enumerate(images[1:3]):
+        response = httpx.post(f"{server.url}/predict?explain=true", files={"file": ("x.jpeg", data)},
+                              headers=auth(), timeout=60)
+        np.testing.assert_allclose(heatmap[i], response.json()["explanation"]["grid"], atol=2e-4)
+    default = client.infer("pneumonia", [tensor], headers=auth())  # not asked for: not computed, not sent
+    assert [o["name"] for o in default.get_response()["outputs"]] == ["probabilities", "label"]
 
 
 def test_version_pinning(client, images):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from app_harness import free_port, service_command, wait_process_ready
 from PIL import Image
+from site_store import make_site_store
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +25,7 @@ CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver"))
 KEY = "review-page-test-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SITE = {"intercept": -0.4, "slope": 0.9, "method": "logistic"}
 WAIT_S = 90
 
 
@@ -38,11 +40,24 @@ def artifacts() -> Path:
 def service(shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cxr-serve` as its own process, as deployed: default settings plus API keys. The input gate and the audit
     trail are off here (they have their own tests; the page shows their refusals and warnings as any other)."""
+    yield from run_service(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def site_service(shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same, serving a site-calibrated copy of the shipped model (two named operating points)."""
+    store = make_site_store(tmp_path_factory.mktemp("store"), shipped_model, SITE,
+                            {"screening": 0.2, "balanced": 0.6})
+    yield from run_service(tmp_path_factory, CXR_MODEL_STORE=str(store))
+
+
+def run_service(tmp_path_factory: pytest.TempPathFactory, **settings: str) -> Iterator[str]:
     command = service_command()
     port = free_port()
     env = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_API_KEYS": KEY, "CXR_GATE": "off",
            "CXR_AUDIT_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("CXR_MODEL_STORE", None)
+    env.update(settings)
     log_path = tmp_path_factory.mktemp("service") / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -215,6 +230,10 @@ def test_a_real_xray_shows_decision_probabilities_and_heatmap(service, browser, 
     assert len(marks) == 1  # on the positive class's bar
     model = expected["model"]
     assert by_id(browser, "model").text.startswith(f"{model['name']} version {model['version']}")
+    # one operating point (the stored threshold): named in the result, no choice offered
+    assert by_id(browser, "operating-point").text.startswith(
+        f"{expected['operating_point']}, threshold {100 * expected['threshold']:.1f}%")
+    assert not by_id(browser, "point-row").is_displayed()
     assert len(by_id(browser, "request-id").text) >= 8
     assert "Grad-CAM on layer" in by_id(browser, "explained").text
 
@@ -262,4 +281,29 @@ def test_a_dropped_file_is_analysed(service, browser, artifacts, xray_224_dir):
     assert film.name in by_id(browser, "caption").text
     wait_for(browser, lambda d: d.execute_script("return document.getElementById('overlay').naturalWidth") > 0)
     screenshot(browser, artifacts / "06-dropped-file.png")
+    assert console_problems(browser) == []
+
+
+def test_a_site_version_offers_its_operating_points_and_answers_at_the_chosen_one(site_service, browser, artifacts,
+                                                                                  fullres_images):
+    from selenium.webdriver.support.ui import Select
+
+    film = fullres_images[-1]
+    expected = httpx.post(f"{site_service}/predict", params={"operating_point": "balanced"},
+                          files={"file": (film.name, film.read_bytes())}, headers={"X-API-Key": KEY}, timeout=60).json()
+    open_page(browser, site_service)
+    wait_for(browser, lambda d: by_id(d, "point-row").is_displayed())
+    choice = Select(by_id(browser, "point-choice"))
+    assert [o.text for o in choice.options] == ["balanced", "screening (default)"]
+    assert choice.first_selected_option.get_attribute("value") == "screening"
+    choice.select_by_value("balanced")
+    by_id(browser, "api-key").send_keys(KEY)
+    choose(browser, film)
+    wait_for(browser, outcome_shown)
+    assert not by_id(browser, "error").is_displayed(), by_id(browser, "error").text
+    decision = by_id(browser, "decision").text
+    assert decision.splitlines()[0] == expected["prediction"] and "(operating point balanced)" in decision
+    shown = by_id(browser, "operating-point").text
+    assert shown.startswith("balanced, threshold 60.0%") and "calibrated for this site (logistic" in shown
+    screenshot(browser, artifacts / "07-site-operating-point.png")
     assert console_problems(browser) == []
