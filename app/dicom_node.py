@@ -138,10 +138,10 @@ class DicomNode:
         ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.require_calling_aet = list(s.dicom_allowed_calling_aets)
         self._ae = ae
+        self._tls_args = destination_tls_args(s)
         self._open_destinations()
         self._sender = threading.Thread(target=self._send_loop, name="dicom-sender", daemon=True)
         self._sender.start()
-        self._tls_args = destination_tls_args(s)
         if s.dicom_port is not None:  # else STOW-RS is the only way in
             self._server = serve_dicom(ae, s, [(evt.EVT_C_STORE, self._on_store),
                                                (evt.EVT_REJECTED, self._on_rejected)], on_refused=self._on_tls_refused)
