@@ -16,6 +16,7 @@ from app.logs import configure_logging
 from app.main import create_app
 from app.model_manager import configured_point_problem
 from app.settings import Settings, SettingsError
+from app.tls import uvicorn_options
 
 log = logging.getLogger("cxr.serve")
 
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
               "timeout_keep_alive": settings.timeout_keep_alive,
-              "timeout_graceful_shutdown": settings.graceful_timeout, "proxy_headers": True}
+              "timeout_graceful_shutdown": settings.graceful_timeout, "proxy_headers": True,
+              **uvicorn_options(settings.tls_cert, settings.tls_key)}
+    if settings.tls_cert is not None:
+        log.info("HTTPS on %s:%d (certificate %s, TLS 1.2 or newer)", settings.host, settings.port, settings.tls_cert)
     if settings.workers > 1:
         # each worker builds its own app (and model) from the environment
         uvicorn.run("app.main:create_app_from_env", factory=True, workers=settings.workers, **common)

@@ -14,6 +14,7 @@ configured destinations.
 - Delivery: bounded retries with doubling delay; after the last one, an error log line and
   ``cxr_dicom_sr_sent_total{outcome="failed"}``. Nothing waits forever: every association has timeouts.
 - Logs and metrics carry a job id, the calling AE and error codes, never patient data (nor DICOM UIDs).
+- DICOM TLS (both directions) is app/tls.py's: this module only asks it for the listener and the ``tls_args``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from app.errors import ServiceError, classify
 from app.explain import ExplanationUnavailableError
 from app.metrics import Metrics
 from app.settings import Settings
+from app.tls import describe_refusal, destination_tls_args, serve_dicom
 
 log = logging.getLogger("cxr.dicom")
 
@@ -111,6 +113,7 @@ class DicomNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ae: AE | None = None
         self._server: Any = None
+        self._tls_args: Any = None  # (ssl.SSLContext, host) when SRs go over DICOM TLS
         self._sender: threading.Thread | None = None
         self._jobs = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:6]
@@ -135,17 +138,19 @@ class DicomNode:
         ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.require_calling_aet = list(s.dicom_allowed_calling_aets)
         self._ae = ae
+        self._tls_args = destination_tls_args(s)
         self._open_destinations()
         self._sender = threading.Thread(target=self._send_loop, name="dicom-sender", daemon=True)
         self._sender.start()
         if s.dicom_port is not None:  # else STOW-RS is the only way in
-            self._server = ae.start_server((s.host, s.dicom_port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                                         (evt.EVT_REJECTED, self._on_rejected)])
-        log.info("DICOM node %s: C-STORE in %s, STOW-RS in %s; results (heatmap %s) go to %s", s.dicom_ae_title,
-                 f"on {s.host}:{s.dicom_port}" if s.dicom_port is not None else "off",
+            self._server = serve_dicom(ae, s, [(evt.EVT_C_STORE, self._on_store),
+                                               (evt.EVT_REJECTED, self._on_rejected)], on_refused=self._on_tls_refused)
+        tls_in = " over DICOM TLS" if s.dicom_tls_cert is not None else ""
+        log.info("DICOM node %s: C-STORE in %s, STOW-RS in %s; results (heatmap %s) go to %s%s", s.dicom_ae_title,
+                 f"on {s.host}:{s.dicom_port}{tls_in}" if s.dicom_port is not None else "off",
                  "on" if s.dicomweb_receive else "off", s.dicom_heatmap,
-                 ", ".join(name for name, _ in self._destinations))
+                 ", ".join(name for name, _ in self._destinations),
+                 " (C-STORE over DICOM TLS)" if self._tls_args else "")
 
     def _open_destinations(self) -> None:
         s = self.settings
@@ -207,6 +212,10 @@ class DicomNode:
         self.metrics.dicom_received.labels("not_allowed").inc()
         log.warning("DICOM association from %s refused (calling AE not allowed or not acceptable)",
                     event.assoc.requestor.ae_title)
+
+    def _on_tls_refused(self, address: tuple[str, int], exc: BaseException) -> None:
+        self.metrics.dicom_received.labels("tls_refused").inc()
+        log.warning("DICOM connection from %s refused: %s", address[0], describe_refusal(exc))
 
     def _on_store(self, event: Any) -> int:
         job = f"{self._prefix}-{next(self._jobs)}"
@@ -363,7 +372,7 @@ class DicomNode:
         s = self.settings
         assert self._ae is not None
         assoc = self._ae.associate(s.dicom_destination_host, s.dicom_destination_port,
-                                   ae_title=s.dicom_destination_ae_title)
+                                   ae_title=s.dicom_destination_ae_title, tls_args=self._tls_args)
         if not assoc.is_established:
             if assoc.is_rejected:
                 return "association rejected by the destination (check its AE title and allowed callers)"

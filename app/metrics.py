@@ -49,7 +49,8 @@ class Metrics:
                                         "(0.1-0.25), 2 significant (>= 0.25), -1 unavailable", registry=r)
         # the DICOM node (labels never carry patient data: outcomes and codes only)
         self.dicom_received = Counter("cxr_dicom_images_received", "C-STORE requests received by the DICOM node, "
-                                      "by outcome (accepted, not_ready, queue_full, shutting_down, not_allowed)",
+                                      "by outcome (accepted, not_ready, queue_full, shutting_down, not_allowed, "
+                                      "tls_refused)",
                                       ["outcome"], registry=r)
         self.dicom_processed = Counter("cxr_dicom_images_processed", "Received images by outcome (reported: an "
                                        "SR was made; refused: e.g. the gate or an undecodable image, by code)",

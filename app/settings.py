@@ -127,6 +127,11 @@ class Settings(BaseSettings):
                                     "1-600")
     graceful_timeout: int = Field(30, ge=1, le=600, description="seconds to finish requests and drain the queue "
                                   "on shutdown, 1-600")
+    # HTTPS from the service itself, for deployments without a TLS-terminating proxy: both or neither
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) for HTTPS, e.g. /run/secrets/tls.crt; "
+                                  "set with CXR_TLS_KEY; unset = plain HTTP (behind a proxy that terminates TLS)")
+    tls_key: Path | None = Field(None, description="unencrypted PEM private key of CXR_TLS_CERT, e.g. "
+                                 "/run/secrets/tls.key; set with CXR_TLS_CERT")
 
     audit_enabled: bool = Field(True, description="record every answer and refusal in the audit store: true or "
                                 "false (false also turns off /feedback and /monitoring)")
@@ -200,6 +205,22 @@ class Settings(BaseSettings):
     dicomweb_auth_file: Path | None = Field(None, description="file holding the DICOMweb destination's "
                                             "credentials, one line: 'Bearer <token>' or 'Basic <user>:<password>'; "
                                             "unset = no authentication")
+
+    # DICOM TLS (PS3.15 BCP 195 profile): on the node's port and, separately, towards the SR destination
+    dicom_tls_cert: Path | None = Field(None, description="PEM certificate of the DICOM node, e.g. "
+                                        "/run/secrets/dicom.crt; set with CXR_DICOM_TLS_KEY: the node then "
+                                        "speaks only DICOM TLS (plain associations are refused); also the client "
+                                        "certificate towards a TLS destination")
+    dicom_tls_key: Path | None = Field(None, description="unencrypted PEM private key of CXR_DICOM_TLS_CERT, e.g. "
+                                       "/run/secrets/dicom.key")
+    dicom_tls_ca: Path | None = Field(None, description="PEM CA certificate(s), e.g. /run/secrets/hospital-ca.crt: "
+                                      "callers must present a certificate one of them signed; unset = no client "
+                                      "certificate asked for (needs CXR_DICOM_TLS_CERT)")
+    dicom_destination_tls: bool = Field(False, description="send SRs over DICOM TLS: true or false; the "
+                                        "destination's certificate must name CXR_DICOM_DESTINATION_HOST")
+    dicom_destination_tls_ca: Path | None = Field(None, description="PEM CA certificate(s) the destination's "
+                                                  "certificate must chain to, e.g. /run/secrets/pacs-ca.crt; unset = "
+                                                  "the system trust store (needs CXR_DICOM_DESTINATION_TLS=true)")
 
     @field_validator("log_level", "log_format", "device", "gate", "runtime", mode="before")
     @classmethod
@@ -377,6 +398,33 @@ class Settings(BaseSettings):
     @property
     def cstore_destination(self) -> bool:
         return self.dicom_destination_host is not None
+
+    @model_validator(mode="after")
+    def check_tls(self) -> Settings:
+        from app.tls import TlsConfigError, check_ca, check_pair
+
+        def pair(cert: str, key: str) -> None:
+            given = (getattr(self, cert) is not None, getattr(self, key) is not None)
+            if given == (True, True):
+                check_pair(getattr(self, cert), getattr(self, key), f"CXR_{cert.upper()}", f"CXR_{key.upper()}")
+            elif any(given):
+                have, lack = (cert, key) if given[0] else (key, cert)
+                raise TlsConfigError(f"CXR_{have.upper()} is set but CXR_{lack.upper()} is not: set both, or "
+                                     "neither")
+
+        pair("tls_cert", "tls_key")
+        pair("dicom_tls_cert", "dicom_tls_key")
+        if self.dicom_tls_ca is not None:
+            if self.dicom_tls_cert is None:
+                raise TlsConfigError("CXR_DICOM_TLS_CA needs CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY (the node's "
+                                     "own certificate): client certificates are only asked for over TLS")
+            check_ca(self.dicom_tls_ca, "CXR_DICOM_TLS_CA")
+        if self.dicom_destination_tls_ca is not None:
+            if not self.dicom_destination_tls:
+                raise TlsConfigError("CXR_DICOM_DESTINATION_TLS_CA is set but CXR_DICOM_DESTINATION_TLS is not "
+                                     "true: set CXR_DICOM_DESTINATION_TLS=true to send SRs over TLS")
+            check_ca(self.dicom_destination_tls_ca, "CXR_DICOM_DESTINATION_TLS_CA")
+        return self
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:
