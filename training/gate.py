@@ -35,8 +35,11 @@ from training.gate_data import (
 log = logging.getLogger("cxr.train.gate")
 
 
-def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64), dropout: float = 0.3) -> Any:
-    """A small ConvNet on the grey image: stride-2 stem, conv-BN-ReLU-pool blocks, global average pool."""
+def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64), dropout: float = 0.3,
+                     head: str = "gap") -> Any:
+    """A small ConvNet on the grey image: stride-2 stem, conv-BN-ReLU-pool blocks, then global average pooling
+    (``head="gap"``) or average pooling to a 2x2 grid (``"grid2"``): the grid keeps where things are (one lung
+    field or two, the spine at the edge or in the middle), which a lateral film differs in from a frontal one."""
     import keras
 
     x = inputs = keras.Input((input_size, input_size, 1), name="image")
@@ -48,7 +51,13 @@ def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64)
         x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if head == "grid2":
+        x = keras.layers.AveragePooling2D(max(1, x.shape[1] // 2), name="grid_pool")(x)
+        x = keras.layers.Flatten(name="grid")(x)
+    elif head == "gap":
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        raise ValueError(f"head must be 'gap' or 'grid2', got {head!r}")
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(len(GATE_CLASSES), activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="cxr_gate")
@@ -85,12 +94,12 @@ def sample_weights(data: GateSet, boost: dict[str, float] | None = None) -> np.n
 
 
 def fit_gate(train: GateSet, epochs: int, seed: int, *, batch_size: int = 64, verbose: int = 0,
-             boost: dict[str, float] | None = None) -> Any:
+             boost: dict[str, float] | None = None, head: str = "gap") -> Any:
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    model = build_gate_model(train.x.shape[1])
+    model = build_gate_model(train.x.shape[1], head=head)
     steps = epochs * int(np.ceil(len(train) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
@@ -188,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pediatric", type=int, default=2500, help="pediatric films sampled from train/ (0 = all)")
     p.add_argument("--synthetic", type=int, default=60, help="generated negatives per synthetic kind")
     p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--head", choices=("gap", "grid2"), default="gap",
+                   help="gap: global average pool (gate v1); grid2: average pool to a 2x2 grid, keeps the layout")
     p.add_argument("--boost", action="append", default=[], metavar="KIND=FACTOR",
                    help="give a kind FACTOR times its share of its label's weight, e.g. chest_lateral=3")
     p.add_argument("--folds", type=int, default=5, help="grouped folds for validation (0 = skip validation)")
@@ -245,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             held = folds == fold
             log.info("fold %d/%d: holding out %s", fold + 1, args.folds,
                      sorted(set(data.sources[held]) - {"kermany"}))
-            model = fit_gate(data.subset(np.flatnonzero(~held)), args.epochs, args.seed + fold, boost=boost)
+            model = fit_gate(data.subset(np.flatnonzero(~held)), args.epochs, args.seed + fold, boost=boost,
+                             head=args.head)
             oof[held] = score(model, data.x[held])
         threshold = choose_gate_threshold(oof, data, args.max_refused)
         report["validation"] = {"method": f"{args.folds} folds grouped by source (whole sources held out; "
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         np.savez_compressed(out / "oof_scores.npz", scores=oof, y=data.y, kinds=data.kinds, sources=data.sources)
         log.info("out-of-fold: threshold %.4f, %s", threshold,
                  {k: v for k, v in report["validation"].items() if k.endswith("rate") or k == "roc_auc"})
-    model = fit_gate(data, args.epochs, args.seed, boost=boost)
+    model = fit_gate(data, args.epochs, args.seed, boost=boost, head=args.head)
     report["train_fit"] = summarise(score(model, data.x), data, threshold)
     report["seconds"] = round(time.perf_counter() - started, 1)
     validation = report.get("validation", {})
