@@ -35,8 +35,11 @@ from training.gate_data import (
 log = logging.getLogger("cxr.train.gate")
 
 
-def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64), dropout: float = 0.3) -> Any:
-    """A small ConvNet on the grey image: stride-2 stem, conv-BN-ReLU-pool blocks, global average pool."""
+def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64), dropout: float = 0.3,
+                     head: str = "gap") -> Any:
+    """A small ConvNet on the grey image: stride-2 stem, conv-BN-ReLU-pool blocks, then global average pooling
+    (``head="gap"``) or average pooling to a 2x2 grid (``"grid2"``): the grid keeps where things are (one lung
+    field or two, the spine at the edge or in the middle), which a lateral film differs in from a frontal one."""
     import keras
 
     x = inputs = keras.Input((input_size, input_size, 1), name="image")
@@ -48,7 +51,13 @@ def build_gate_model(input_size: int, widths: tuple[int, ...] = (16, 32, 64, 64)
         x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if head == "grid2":
+        x = keras.layers.AveragePooling2D(max(1, x.shape[1] // 2), name="grid_pool")(x)
+        x = keras.layers.Flatten(name="grid")(x)
+    elif head == "gap":
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        raise ValueError(f"head must be 'gap' or 'grid2', got {head!r}")
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(len(GATE_CLASSES), activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="cxr_gate")
@@ -69,30 +78,34 @@ def _augmenter(seed: int) -> Any:
     ], name="augment")
 
 
-def sample_weights(data: GateSet) -> np.ndarray:
+def sample_weights(data: GateSet, boost: dict[str, float] | None = None) -> np.ndarray:
     """Each kind weighs the same within its label and both labels weigh the same: 5 endoscopy frames count
-    as much as 30 mammograms, and 334 real negatives as much as thousands of radiographs."""
+    as much as 30 mammograms, and 334 real negatives as much as thousands of radiographs. ``boost`` gives a
+    kind a larger share of its label's weight (the hard negatives: lateral chest films, hands)."""
+    boost = boost or {}
     weights = np.zeros(len(data), np.float32)
     for label in (0, 1):
         kinds = np.unique(data.kinds[data.y == label])
+        total = sum(boost.get(str(kind), 1.0) for kind in kinds)
         for kind in kinds:
             members = (data.y == label) & (data.kinds == kind)
-            weights[members] = 1.0 / (members.sum() * len(kinds))
+            weights[members] = boost.get(str(kind), 1.0) / (members.sum() * total)
     return weights * len(data) / weights.sum()
 
 
-def fit_gate(train: GateSet, epochs: int, seed: int, batch_size: int = 64, verbose: int = 0) -> Any:
+def fit_gate(train: GateSet, epochs: int, seed: int, *, batch_size: int = 64, verbose: int = 0,
+             boost: dict[str, float] | None = None, head: str = "gap") -> Any:
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    model = build_gate_model(train.x.shape[1])
+    model = build_gate_model(train.x.shape[1], head=head)
     steps = epochs * int(np.ceil(len(train) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
     augment = _augmenter(seed)
-    ds = (tf.data.Dataset.from_tensor_slices((train.x, train.y, sample_weights(train)))
+    ds = (tf.data.Dataset.from_tensor_slices((train.x, train.y, sample_weights(train, boost)))
           .shuffle(len(train), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
           .map(lambda x, y, w: (tf.clip_by_value(augment(x, training=True), 0.0, 1.0), y, w),
                num_parallel_calls=tf.data.AUTOTUNE)
@@ -102,20 +115,28 @@ def fit_gate(train: GateSet, epochs: int, seed: int, batch_size: int = 64, verbo
 
 
 def grouped_folds(data: GateSet, n_folds: int, seed: int) -> np.ndarray:
-    """Fold id per image: whole sources go to one fold (largest first, to the emptiest fold); the one big
-    pediatric source is spread over all folds at random, or no fold could learn pediatric films."""
+    """Fold id per image: whole sources go to one fold (largest first); the one big pediatric source is spread
+    over all folds at random, or no fold could learn pediatric films. A source goes to the fold holding the
+    fewest sources of its kinds, then to the emptiest: when every source of a kind lands in one fold, that
+    fold trains without the kind at all (hands, say), which measures a different question than an unseen
+    collection of a kind the gate was taught."""
     rng = np.random.default_rng(seed)
     folds = np.full(len(data), -1)
     spread = data.sources == "kermany"
     folds[spread] = rng.integers(0, n_folds, spread.sum())
     load = np.zeros((n_folds, 2))
+    held_kinds: list[set[str]] = [set() for _ in range(n_folds)]
     sources = [s for s in np.unique(data.sources[~spread])]
     sizes = {s: int((data.sources == s).sum()) for s in sources}
     for source in sorted(sources, key=lambda s: (-sizes[s], s)):
-        label = int(data.y[data.sources == source][0])
-        fold = int(np.argmin(load[:, label] + rng.uniform(0, 1e-3, n_folds)))
-        folds[data.sources == source] = fold
+        members = data.sources == source
+        label = int(data.y[members][0])
+        kinds = {str(k) for k in np.unique(data.kinds[members])}
+        clash = np.array([len(kinds & held) for held in held_kinds])
+        fold = int(np.argmin(clash * len(data) + load[:, label] + rng.uniform(0, 1e-3, n_folds)))
+        folds[members] = fold
         load[fold, label] += sizes[source]
+        held_kinds[fold] |= kinds
     return folds
 
 
@@ -176,6 +197,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pediatric", type=int, default=2500, help="pediatric films sampled from train/ (0 = all)")
     p.add_argument("--synthetic", type=int, default=60, help="generated negatives per synthetic kind")
     p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--head", choices=("gap", "grid2"), default="gap",
+                   help="gap: global average pool (gate v1); grid2: average pool to a 2x2 grid, keeps the layout")
+    p.add_argument("--boost", action="append", default=[], metavar="KIND=FACTOR",
+                   help="give a kind FACTOR times its share of its label's weight, e.g. chest_lateral=3")
     p.add_argument("--folds", type=int, default=5, help="grouped folds for validation (0 = skip validation)")
     p.add_argument("--max-refused", type=float, default=0.01, help="share of chest films the threshold may refuse")
     p.add_argument("--seed", type=int, default=1337)
@@ -184,6 +209,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version to write (default: next free)")
     p.add_argument("--no-export", action="store_true")
     return p
+
+
+def parse_boost(items: list[str]) -> dict[str, float]:
+    """``["chest_lateral=3", ...]`` -> ``{"chest_lateral": 3.0}``."""
+    boost = {}
+    for item in items:
+        kind, sep, factor = item.partition("=")
+        try:
+            boost[kind] = float(factor)
+        except ValueError:
+            sep = ""
+        if not sep or not kind or boost[kind] <= 0:
+            raise SystemExit(f"--boost takes KIND=FACTOR with FACTOR > 0, e.g. chest_lateral=3; got {item!r}")
+    return boost
 
 
 def load_all(data_root: Path, spec: PreprocessingSpec, pediatric: int, synthetic: int, seed: int) -> GateSet:
@@ -201,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = PreprocessingSpec(input_size=args.input_size, crop="none", binarize="none")
+    boost = parse_boost(args.boost)
     started = time.perf_counter()
     data = load_all(Path(args.data), spec, args.pediatric, args.synthetic, args.seed)
     log.info("gate data: %d images (%d accept, %d refuse), %d sources", len(data), int(data.y.sum()),
@@ -216,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             held = folds == fold
             log.info("fold %d/%d: holding out %s", fold + 1, args.folds,
                      sorted(set(data.sources[held]) - {"kermany"}))
-            model = fit_gate(data.subset(np.flatnonzero(~held)), args.epochs, args.seed + fold)
+            model = fit_gate(data.subset(np.flatnonzero(~held)), args.epochs, args.seed + fold, boost=boost,
+                             head=args.head)
             oof[held] = score(model, data.x[held])
         threshold = choose_gate_threshold(oof, data, args.max_refused)
         report["validation"] = {"method": f"{args.folds} folds grouped by source (whole sources held out; "
@@ -227,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         np.savez_compressed(out / "oof_scores.npz", scores=oof, y=data.y, kinds=data.kinds, sources=data.sources)
         log.info("out-of-fold: threshold %.4f, %s", threshold,
                  {k: v for k, v in report["validation"].items() if k.endswith("rate") or k == "roc_auc"})
-    model = fit_gate(data, args.epochs, args.seed)
+    model = fit_gate(data, args.epochs, args.seed, boost=boost, head=args.head)
     report["train_fit"] = summarise(score(model, data.x), data, threshold)
     report["seconds"] = round(time.perf_counter() - started, 1)
     validation = report.get("validation", {})

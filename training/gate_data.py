@@ -31,6 +31,10 @@ SOURCE_OF_PREFIX = {
     "drive": "mipple", "mlua": "mlua", "bccd": "bccd", "isbi_em": "isbi_em", "kather": "kather",
     "kvasirseg": "kvasir", "set5": "kair", "set12": "kair", "kodak": "kodak", "easyocr": "easyocr",
     "ocrmypdf": "ocrmypdf", "layoutparser": "layoutparser",
+    # hands, limbs and lateral chest films (sources 23-27). Both RSNA Bone Age copies are one collection, as
+    # the two NIH copies are: holding one out while training on the other would leak the same hands
+    "rsnahand": "rsna_boneage", "rsnareg": "rsna_boneage", "sr22": "sr22", "medpix": "medpix",
+    "chexpert": "chexpert",
     # adult frontal chest radiographs
     "openist": "openist", "figure1": "figure1", "nih64": "nih", "nih": "nih",
 }

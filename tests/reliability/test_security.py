@@ -121,7 +121,7 @@ def test_reload_to_a_malicious_version_is_refused_and_the_old_one_keeps_serving(
     shutil.copyfile(SHIPPED_MODEL, store / "pneumonia" / "1" / "model.h5")
     marker = tmp_path / "code-ran"
     lambda_model_file(store / "pneumonia" / "2" / "model.h5", marker)
-    with running_app(model_store=store, model_version="1") as client:
+    with running_app(model_store=store, model_version="1", gate="off") as client:  # synthetic film below
         error = assert_error(client.post("/admin/reload", json={"version": 2}), 422, "invalid_input")
         assert "Lambda" in error["message"] and "keeps serving" in error["message"]
         assert str(store) not in error["message"]
@@ -269,7 +269,7 @@ def test_configured_limits_apply(keyed_app):
 
 
 def test_pixel_limit_is_configurable():
-    with running_app(max_pixels=300 * 300) as client:
+    with running_app(max_pixels=300 * 300, gate="off") as client:  # synthetic films
         ok = hostile.png(hostile.chest_like((300, 300)))
         assert_prediction(client.post("/predict", files={"file": ("ok.png", ok, "image/png")}))
         over = hostile.png(hostile.chest_like((301, 300)))

@@ -10,7 +10,7 @@ import pytest
 
 from model_store.artifact import load_artifact
 from model_store.preprocessing import preprocess
-from training.gate import choose_gate_threshold, grouped_folds, main, sample_weights
+from training.gate import choose_gate_threshold, grouped_folds, main, parse_boost, sample_weights
 from training.gate_data import SYNTHETIC_KINDS, GateSet, source_of, synthetic_negatives
 
 
@@ -19,6 +19,8 @@ from training.gate_data import SYNTHETIC_KINDS, GateSet, source_of, synthetic_ne
     ("hip_us_167854.png", "radoss"), ("ddh_331.png", "radoss"), ("nih64_00000001_001.png", "nih"),
     ("nih_00000001_000.png", "nih"), ("brainmri_glioma_Te-gl_0037.png", "brainmri"),
     ("isbi_em_3.png", "isbi_em"), ("mystery_1.png", "unknown:mystery"),
+    ("rsnahand_10009.png", "rsna_boneage"), ("rsnareg_1437.png", "rsna_boneage"), ("medpix_020.png", "medpix"),
+    ("sr22_test_164_jpg.rf.4b37.png", "sr22"), ("chexpert_patient64547_study1_view3_lateral.png", "chexpert"),
 ])
 def test_source_of_file_names(name, source):
     assert source_of(name) == source
@@ -40,12 +42,39 @@ def test_grouped_folds_keep_each_source_whole_and_spread_the_children():
     assert (folds >= 0).all()
 
 
+def test_grouped_folds_put_the_sources_of_one_kind_in_different_folds():
+    # by load alone "d" would join "c" (the emptiest fold then): that fold would train without MR at all
+    sizes = {"a": ("ct", 30), "b": ("ct", 25), "c": ("mr", 20), "d": ("mr", 10), "e": ("us", 10), "f": ("us", 8)}
+    sources = ["kermany"] * 100 + [s for s, (_, n) in sizes.items() for _ in range(n)]
+    kinds = ["pediatric_cxr"] * 100 + [k for k, n in sizes.values() for _ in range(n)]
+    data = GateSet(np.zeros((len(kinds), 4, 4, 1), np.float32), np.array([1] * 100 + [0] * (len(kinds) - 100)),
+                   np.array(kinds), np.array(sources))
+    folds = grouped_folds(data, 3, seed=0)
+    fold_of = {s: int(folds[data.sources == s][0]) for s in sizes}
+    assert fold_of["a"] != fold_of["b"] and fold_of["c"] != fold_of["d"] and fold_of["e"] != fold_of["f"]
+
+
 def test_weights_balance_labels_and_kinds():
     data = toy_set()
     w = sample_weights(data)
     assert w[data.y == 0].sum() == pytest.approx(w[data.y == 1].sum())
     assert w[data.kinds == "ct"].sum() == pytest.approx(w[data.kinds == "mr"].sum())  # 30 vs 20+10 images
     assert w[data.kinds == "pediatric_cxr"].sum() == pytest.approx(w[data.kinds == "adult_cxr"].sum())
+
+
+def test_boost_gives_a_kind_a_larger_share_of_its_label_only():
+    data = toy_set()
+    w = sample_weights(data, {"mr": 3.0})
+    assert w[data.kinds == "mr"].sum() == pytest.approx(3 * w[data.kinds == "ct"].sum())
+    assert w[data.y == 0].sum() == pytest.approx(w[data.y == 1].sum())  # the labels still weigh the same
+    np.testing.assert_allclose(sample_weights(data, {}), sample_weights(data))
+
+
+@pytest.mark.parametrize("bad", ["chest_lateral", "chest_lateral=", "=3", "chest_lateral=0", "chest_lateral=x"])
+def test_boost_option_says_what_a_correct_value_looks_like(bad):
+    with pytest.raises(SystemExit, match="KIND=FACTOR"):
+        parse_boost([bad])
+    assert parse_boost(["chest_lateral=4", "xray_hand=2"]) == {"chest_lateral": 4.0, "xray_hand": 2.0}
 
 
 def test_threshold_refuses_at_most_one_percent_of_either_chest_population():
