@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def data_dir() -> Path:
-    """``$CXR_DATA_DIR`` or ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("CXR_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-
-
-def require_data(relative: str) -> Path:
-    path = data_dir() / relative
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (set CXR_DATA_DIR to the shared data folder)")
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared_data, image_factory (importlib mode)
+from shared_data import REPO_ROOT, data_dir, require_data  # noqa: F401  (re-exported for fixtures)
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +31,6 @@ def gate_dir() -> Path:
     """Images that are not frontal chest radiographs (``not_cxr/<kind>/``) and adult chest films."""
     return require_data("gate")
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/image_factory.py (importlib mode)
 
 def _latest_shipped() -> Path:
     """The latest version in the store: what the service serves by default."""

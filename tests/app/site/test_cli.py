@@ -8,8 +8,8 @@ import json
 import shutil
 
 import pytest
-from conftest import require_data
 from image_factory import make_dicom, real_xray
+from shared_data import require_data
 
 from app.site.cli import main
 from app.site.publish import weights_sha256, write_version
