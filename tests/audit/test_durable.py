@@ -32,7 +32,7 @@ _META = SimpleNamespace(name="pneumonia", class_names=["NORMAL", "PNEUMONIA"], p
 _MODEL = SimpleNamespace(metadata=_META, version=2, artifact=SimpleNamespace(sha256="ab" * 32),
                          describe=lambda: {"runtime": "keras"})
 PREDICTION = SimpleNamespace(model=_MODEL, probabilities=[0.3, 0.7], label="PNEUMONIA", timing_ms={"total": 1.0},
-                             gate=None)
+                             gate=None, threshold=0.5, operating_point="default", calibration={})
 
 
 def make_writer(url: str, **kwargs) -> AuditWriter:

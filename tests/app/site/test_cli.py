@@ -20,11 +20,17 @@ BASE = DEFAULT_STORE / "pneumonia" / "2" / "model.h5"
 pytestmark = pytest.mark.slow
 
 
+# A real normal film that the shipped gate (v2) refuses (score 0.508 < 0.662): one of the ~1% of pediatric films it
+# turns away. Left out here so that the counts below are the films given; refusals are tested with junk files.
+REFUSED_BY_THE_GATE = frozenset({"IM-0022-0001.jpeg"})
+
+
 def _films(n_normal: int, n_pneumonia: int, target):
     test = require_data("chest_xray_224/test")
     for name, n in (("NORMAL", n_normal), ("PNEUMONIA", n_pneumonia)):
         (target / name).mkdir(parents=True, exist_ok=True)
-        for path in sorted((test / name).glob("*.jpeg"))[::2][:n]:
+        films = [p for p in sorted((test / name).glob("*.jpeg"))[::2] if p.name not in REFUSED_BY_THE_GATE]
+        for path in films[:n]:
             shutil.copy(path, target / name / path.name)
     return target
 
