@@ -20,7 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_manager import ModelManager
-from app.routes import router
+from app.routes import include_routers
 from app.settings import Settings
 
 log = logging.getLogger("cxr.app")
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.access = access
     app.state.dicom_node = dicom_node
     install_error_handlers(app)
-    app.include_router(router)
+    include_routers(app)
 
     def body_limit(path: str) -> int:
         files = settings.max_batch_files if path.endswith(("/batch", "/infer", "/dicomweb/studies")) else 1

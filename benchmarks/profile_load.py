@@ -1,0 +1,145 @@
+"""Where the service's CPU goes under load: cxr-serve driven by wrk (the load benchmark's upload and body) while
+py-spy samples every thread, then a table of the hottest functions per thread group (self and inclusive share of
+the samples). The samples are of running threads only (``--idle`` off), so a row's share is of the CPU spent.
+
+Usage: ``python benchmarks/profile_load.py --connections 64 --duration 15`` (py-spy: ``pip install py-spy``;
+needs ``wrk``). ``--raw FILE`` keeps py-spy's collapsed stacks (``flamegraph.pl`` or speedscope read them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ab import BASE_ENV, load_arguments, prepare, start, wait_ready
+from benchmarks.loadgen import run_wrk
+from benchmarks.servers import CLK_TCK, REPO, free_ports, tree_cpu_seconds
+
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
+
+
+def thread_group(name: str) -> str:
+    """py-spy's thread label -> a group: the event loop (main thread) or the pool the thread belongs to."""
+    label = name.partition(": ")[2] or name  # "thread (1234): decode_0"
+    if label == "MainThread":
+        return "event loop"
+    return re.sub(r"[_-]?\d+$", "", label) or label
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread group of a process (from /proc: exact, where samples are estimates)."""
+    totals: collections.Counter[str] = collections.Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        group = "event loop" if task.name == str(pid) else re.sub(r"[_-]?\d+$", "", name) or name
+        totals[group] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return dict(totals)
+
+
+def short(frame: str) -> str:
+    match = FRAME.match(frame)
+    if not match:
+        return frame
+    path = match["file"]
+    for marker in ("site-packages/", "wt-perf/", "/lib/python"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{match['func']} ({path})"
+
+
+def summarise(raw: Path, top: int) -> str:
+    total = 0
+    by_group: collections.Counter[str] = collections.Counter()
+    self_counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    incl_counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        group = thread_group(frames[0])
+        names = [short(f) for f in frames[1:]] or ["(native)"]
+        total += count
+        by_group[group] += count
+        self_counts[group][names[-1]] += count
+        for name in set(names):
+            incl_counts[group][name] += count
+    lines = [f"{total} samples of running threads", "", "| thread group | share of CPU samples |", "| --- | --- |"]
+    lines += [f"| {g} | {100 * n / total:.1f} % |" for g, n in by_group.most_common()]
+    for group, _ in by_group.most_common(3):
+        lines += ["", f"**{group}**: hottest functions (share of all samples)", "",
+                  "| function | self | inclusive |", "| --- | --- | --- |"]
+        for name, n in incl_counts[group].most_common(top):
+            lines.append(f"| `{name}` | {100 * self_counts[group][name] / total:.1f} % | {100 * n / total:.1f} % |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    load_arguments(parser)
+    parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for the server")
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (the Python "
+                        "side's share; native work that releases the GIL disappears)")
+    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    workdir, upload = prepare(args, "cxr-profile-")
+    env = {**os.environ, **BASE_ENV, "CXR_MODEL_STORE": os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")),
+           "CXR_PORT": str(free_ports(1)[0]), **dict(item.split("=", 1) for item in args.env)}
+    server = start("service", int(env["CXR_PORT"]), env, workdir)
+    try:
+        wait_ready({"service": server})
+        assert server.proc is not None
+        url = server.url("/predict")
+        run_wrk(url, upload, connections=args.connections, seconds=args.warmup, threads=1, workdir=workdir)
+        raw = args.raw or Path(tempfile.mkdtemp(prefix="cxr-spy-")) / "stacks.txt"
+        spy_proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--threads", "--nonblocking",
+                                     *(["--gil"] if args.gil else []), "--rate", str(args.rate),
+                                     "--duration", str(args.duration), "--format", "raw", "--output", str(raw)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cpu_before = tree_cpu_seconds(server.proc.pid)
+        threads_before = thread_cpu(server.proc.pid)
+        result: dict = {}
+        load = threading.Thread(target=lambda: result.update(run_wrk(
+            url, upload, connections=args.connections, seconds=args.duration, threads=1, workdir=workdir)))
+        load.start()
+        load.join()
+        cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
+        threads_after = thread_cpu(server.proc.pid)
+        spy_proc.wait(timeout=60)
+        ok = sum(n for status, n in result["statuses"].items() if str(status).startswith("2"))
+        seconds = result["duration_us"] / 1e6
+        print(f"upload {upload.label}, {args.connections} connections, {args.duration} s under py-spy "
+              f"({args.rate} Hz): {ok / seconds:.1f} req/s, {1000 * cpu / max(ok, 1):.2f} CPU-ms/request, "
+              f"server {cpu / seconds:.2f} cores; statuses {result['statuses']}\n")
+        print("| thread group (from /proc) | CPU-ms per request |\n| --- | --- |")
+        for group, seconds_after in sorted(threads_after.items(), key=lambda kv: -kv[1]):
+            used = seconds_after - threads_before.get(group, 0.0)
+            if used > 0:
+                print(f"| {group} | {1000 * used / max(ok, 1):.2f} |")
+        print()
+        print(summarise(raw, args.top))
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
