@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from app_harness import Running, free_port, serve
 from chest_dicom import chest_dicom
-from conftest import GATE_SETTINGS, pick_films
+from integration_support import GATE_SETTINGS, pick_films
 from peers import SrSink, dciodvfy
 from pydicom import dcmread
 from pydicom.dataset import Dataset

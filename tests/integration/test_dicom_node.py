@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from app_harness import Running, free_port, serve
 from chest_dicom import SOP_CLASSES, chest_dicom
-from conftest import GATE_SETTINGS, pick_films
+from integration_support import GATE_SETTINGS, pick_films
 from peers import SrSink, dciodvfy
 from pydicom import dcmread
 from pydicom.dataset import Dataset

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from app_harness import free_port
 from chest_dicom import chest_dicom
-from conftest import GATE_SETTINGS, pick_films
+from integration_support import GATE_SETTINGS, pick_films
 from peers import orthanc, start_cxr_serve
 from pydicom import dcmread
 from pynetdicom import AE

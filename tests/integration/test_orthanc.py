@@ -14,8 +14,8 @@ import httpx
 import pytest
 from app_harness import free_port
 from chest_dicom import chest_dicom, shrink
-from conftest import GATE_SETTINGS, pick_films
 from image_factory import real_xray
+from integration_support import GATE_SETTINGS, pick_films
 from peers import dciodvfy, orthanc, start_cxr_serve
 from pydicom import dcmread
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from app_harness import free_port
 from chest_dicom import chest_dicom
-from conftest import GATE_SETTINGS, pick_films
+from integration_support import GATE_SETTINGS, pick_films
 from peers import dciodvfy, orthanc, orthanc_plugins, start_cxr_serve
 from PIL import Image
 from pydicom import dcmread

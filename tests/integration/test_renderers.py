@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from app_harness import wait_ready
 from chest_dicom import chest_dicom
-from conftest import GATE_SETTINGS, pick_films
 from fastapi.testclient import TestClient
 from fhir.resources.device import Device
 from fhir.resources.diagnosticreport import DiagnosticReport
 from fhir.resources.observation import Observation
 from image_factory import encode
+from integration_support import GATE_SETTINGS, pick_films
 from peers import dciodvfy
 from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage

@@ -1,63 +1,17 @@
-"""tests/reliability: the real app (shipped model) shared per session, error-shape assertions, and a helper
-that runs ``cxr-serve`` as a real process on a free loopback port."""
+"""tests/reliability fixtures: the real app (shipped model) shared per session, gated and ungated. Helpers live
+in reliability_support.py."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from app_harness import free_port
 from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # hostile.py (pytest runs in importlib mode)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_STORE = REPO_ROOT / "model_store"
-SHIPPED_MODEL = SHIPPED_STORE / "pneumonia" / "1" / "model.h5"
-
-# what must never reach a client: stack traces, file paths, object addresses, exception reprs
-LEAKS = re.compile(r"Traceback|File \"|/work/|/home/|/tmp/|site-packages|\.py\b|at 0x[0-9a-f]+|<[a-zA-Z_.]+ object")
-
-
-def require_shipped_model() -> None:
-    if not SHIPPED_MODEL.is_file():
-        pytest.skip(f"shipped model not found at {SHIPPED_MODEL} (train it: make train-default)")
-
-
-def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return
-        if client.get("/health/live").status_code == 503:
-            raise AssertionError(f"model failed to load: {response.json()}")
-        time.sleep(0.05)
-    raise AssertionError("service not ready in time")
-
-
-@contextlib.contextmanager
-def running_app(**settings: Any) -> Iterator[TestClient]:
-    """The real app (lifespan included) with the shipped model, ready. ``settings`` override the defaults."""
-    from app.main import create_app
-    from app.settings import Settings
-
-    require_shipped_model()
-    app = create_app(Settings(**{"model_store": SHIPPED_STORE, **settings}))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        wait_ready(client)
-        yield client
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reliability_support, hostile (importlib mode)
+from reliability_support import running_app
 
 
 @pytest.fixture(scope="session")
@@ -73,92 +27,3 @@ def ungated_client() -> Iterator[TestClient]:
     refuses them, as it should: its own tests are tests/app/test_gate.py)."""
     with running_app(gate="off") as test_client:
         yield test_client
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, str]:
-    """The one error shape, with the exact status and code, the request id echoed, and nothing leaked."""
-    assert response.status_code == status, (response.status_code, response.text[:500])
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) - {"details"} == {"code", "message", "request_id"}, error
-    assert isinstance(error.get("details", {}), dict), error  # machine-readable extras (e.g. a gate score)
-    assert error["code"] == code, error
-    assert error["message"] and isinstance(error["message"], str)
-    assert error["request_id"] and error["request_id"] == response.headers["x-request-id"]
-    assert not LEAKS.search(error["message"]), f"error message leaks internals: {error['message']!r}"
-    return error
-
-
-def assert_ready(client: TestClient | httpx.Client) -> None:
-    response = client.get("/health/ready")
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "ready"
-
-
-def assert_prediction(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text[:500]
-    body = response.json()
-    probabilities = body["probabilities"]
-    assert set(probabilities) == {"NORMAL", "PNEUMONIA"}
-    assert abs(sum(probabilities.values()) - 1.0) < 1e-4
-    assert all(0.0 <= p <= 1.0 for p in probabilities.values())
-    assert body["prediction"] in probabilities
-    return body
-
-
-def fresh_memory_accounting(command: list[str]) -> list[str]:
-    """``command`` run through a shell that forks it. On Linux a child's peak RSS (``ru_maxrss``, what libFuzzer's
-    -rss_limit_mb and our memory probes read) starts at its parent's, and survives exec: a process started
-    straight from this pytest (TensorFlow and models loaded, about 2 GB) would begin "at" 2 GB."""
-    return ["sh", "-c", '"$@"; exit $?', "sh", *command]
-
-
-# -- a real process ---------------------------------------------------------------------------------------
-
-@dataclass
-class LiveServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, path: str, status: int, timeout: float = 120.0) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                response = httpx.get(self.url + path, timeout=5)
-                if response.status_code == status:
-                    return response
-            time.sleep(0.1)
-        raise AssertionError(f"{path} did not answer {status} in {timeout}s:\n{self.log_text()[-3000:]}")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_server(log: Path, **env: str) -> LiveServer:
-    """``python -m app.cli`` (what the ``cxr-serve`` script runs) on a free loopback port; CXR_* from ``env``."""
-    port = free_port()
-    environment = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_DEVICE": "cpu",
-                   "CXR_LOG_LEVEL": "info", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
-    handle = log.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli"], cwd=REPO_ROOT, env=environment,
-                               stdout=handle, stderr=subprocess.STDOUT)
-    handle.close()
-    return LiveServer(process=process, port=port, log=log)

@@ -8,9 +8,9 @@ import struct
 import hostile
 import numpy as np
 import pytest
-from conftest import assert_error, assert_prediction, assert_ready
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGLSLossless
+from reliability_support import assert_error, assert_prediction, assert_ready
 
 
 def post_file(client, data: bytes, content_type: str = "application/octet-stream", filename: str = "upload",

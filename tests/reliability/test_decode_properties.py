@@ -15,9 +15,9 @@ import fuzz_decode
 import hostile
 import numpy as np
 import pytest
-from conftest import fresh_memory_accounting
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability_support import fresh_memory_accounting
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow/pydicom warn on the garbage, as they should
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import hostile
 import pytest
-from conftest import assert_error, assert_prediction, assert_ready, running_app
+from reliability_support import assert_error, assert_prediction, assert_ready, running_app
 
 
 def upload(seed: int) -> dict:

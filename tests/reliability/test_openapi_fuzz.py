@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import assert_ready
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from reliability_support import assert_ready
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,

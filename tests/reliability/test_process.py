@@ -16,7 +16,7 @@ import hostile
 import httpx
 import numpy as np
 import pytest
-from conftest import LiveServer, assert_ready, require_shipped_model, start_server
+from reliability_support import LiveServer, assert_ready, require_shipped_model, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ import hostile
 import numpy as np
 import pytest
 import starlette.formparsers
-from conftest import (
+from fastapi.testclient import TestClient
+from reliability_support import (
     SHIPPED_MODEL,
     assert_error,
     assert_prediction,
@@ -23,7 +24,6 @@ from conftest import (
     require_shipped_model,
     running_app,
 )
-from fastapi.testclient import TestClient
 
 KEY = "k3y-" + "s3cr3t-" * 4  # 32 characters
 OTHER_KEY = "another-valid-key-0123456789"

@@ -10,8 +10,8 @@ import time
 
 import hostile
 import pytest
-from conftest import SHIPPED_MODEL, SHIPPED_STORE, assert_error, require_shipped_model, wait_ready
 from fastapi.testclient import TestClient
+from reliability_support import SHIPPED_MODEL, SHIPPED_STORE, assert_error, require_shipped_model, wait_ready
 
 
 def broken_store(tmp_path, kind: str):
