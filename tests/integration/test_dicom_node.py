@@ -218,9 +218,10 @@ def test_full_queue_answers_out_of_resources(node):
     assert OUT_OF_RESOURCES == 0xA700
 
 
-def test_every_node_answer_and_refusal_is_audited(node, audit_db):
+def test_every_node_answer_and_refusal_is_audited(node, audit_db, films):
     """One audit row per image the node took (route "dicom", the calling AE as client); the refused one with
-    its code. The writer is buffered, so the rows are awaited."""
+    its code. The writer is buffered, so the rows are awaited. (``films``: the images the tests above sent, so
+    this skips with them where the real films are absent.)"""
     expected = ["unusable_image"] if GATE_SETTINGS else sorted(REFUSALS)  # the header rule needs the gate on
     deadline = time.monotonic() + 30
     while True:
@@ -236,7 +237,7 @@ def test_every_node_answer_and_refusal_is_audited(node, audit_db):
     assert sorted(r[2] for r in refusals) == expected
 
 
-def test_no_patient_data_in_any_log_line_or_metric(node, patient, logs):
+def test_no_patient_data_in_any_log_line_or_metric(node, patient, logs, films):
     seen = "\n".join([*logs.lines, node.client.get("/metrics").text])
     assert "DICOM image" in seen and "SR" in seen  # the node did log its work in this module
     for secret in patient.secrets():
