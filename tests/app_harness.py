@@ -1,5 +1,6 @@
-"""Running the real app in tests: behind a real uvicorn server on a free loopback port (in a thread), or
-in-process through httpx's ASGI transport with the lifespan run; plus the in-process reference prediction.
+"""Running the real app in tests: behind a real uvicorn server on a free loopback port (in a thread), in-process
+through httpx's ASGI transport with the lifespan run, or as a real ``cxr-serve`` process; plus the in-process
+reference prediction.
 
 Importable from any test (tests/conftest.py puts this folder on sys.path). Fixtures live in tests/app/conftest.py.
 """
@@ -7,7 +8,10 @@ Importable from any test (tests/conftest.py puts this folder on sys.path). Fixtu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,6 +33,7 @@ from model_store.calibration import apply_temperature
 from model_store.imaging import decode
 from model_store.preprocessing import preprocess
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 # Small limits so the limit tests send little; everything else is the default configuration.
 # The float32 reference runtime, so answers compare exactly with model(x); the accelerated runtimes (the default,
@@ -60,18 +65,58 @@ def service_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
-def wait_process_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 120.0) -> None:
-    """Poll ``/health/ready`` of a service process until 200; fail with its log tail if it exits or is late."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, f"cxr-serve exited early:\n{log_path.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"not ready in time:\n{log_path.read_text()[-3000:]}"
-        time.sleep(0.2)
+@dataclass
+class ServiceProcess:
+    """A real ``cxr-serve`` process on a loopback port, its output in ``log``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    scheme: str = "http"  # https where it serves CXR_TLS_CERT
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, path: str, status: int = 200, timeout: float = 120.0,
+                 verify: ssl.SSLContext | bool = True) -> httpx.Response:
+        """Polls ``path`` until it answers ``status``; fails with the log's tail if the process exits or is late."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"cxr-serve exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                response = httpx.get(self.url + path, timeout=5, verify=verify)
+                if response.status_code == status:
+                    return response
+            time.sleep(0.1)
+        raise AssertionError(f"{path} did not answer {status} in {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (SIGKILL after ``timeout`` s); the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_service_process(log: Path, env: dict[str, str], *, port: int | None = None,
+                          scheme: str = "http") -> ServiceProcess:
+    """``cxr-serve`` (this environment's console script) as a real process on ``port`` (a free loopback port by
+    default) with the environment ``env`` (CXR_HOST defaults to loopback); its output appended to ``log``."""
+    port = port or free_port()
+    environment = {"CXR_HOST": "127.0.0.1", **env, "CXR_PORT": str(port)}
+    with log.open("ab") as handle:
+        process = subprocess.Popen(service_command(), cwd=REPO_ROOT, env=environment, stdout=handle,
+                                   stderr=subprocess.STDOUT)
+    return ServiceProcess(process, port, log, scheme)
 
 
 def free_port() -> int:

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 
 import httpx
 import pytest
-from app_harness import free_port, service_command, wait_process_ready
+from app_harness import start_service_process
 
 pytestmark = pytest.mark.slow
 
 
 
 def test_cxr_serve_process_serves_and_exits_cleanly_on_sigterm(shipped_model, fullres_images, tmp_path):
-    port = free_port()
-    env = {**os.environ, "CXR_PORT": str(port), "CXR_HOST": "127.0.0.1", "CXR_LOG_FORMAT": "json",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "CXR_LOG_FORMAT": "json", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("CXR_MODEL_STORE", None)  # the default store: the shipped model
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(service_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    service = start_service_process(tmp_path / "server.log", env)
+    url = service.url
     try:
-        wait_process_ready(process, url, log_path)
+        service.wait_for("/health/ready")
         with httpx.Client(base_url=url, timeout=30) as client:
             film = fullres_images[-1]
             response = client.post("/predict", files={"file": (film.name, film.read_bytes())},
@@ -39,13 +33,8 @@ def test_cxr_serve_process_serves_and_exits_cleanly_on_sigterm(shipped_model, fu
             assert [r["status"] for r in batch.json()["results"]] == [200] * 4
             assert "cxr_http_requests_total" in client.get("/metrics").text
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    output = log_path.read_text()
+        code = service.stop()
+    output = service.log_text()
     assert code == 0, output[-3000:]
     assert "Traceback" not in output
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]

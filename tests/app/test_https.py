@@ -5,16 +5,14 @@ container healthcheck over HTTPS; and the start-up errors for every half-configu
 from __future__ import annotations
 
 import os
-import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import free_port, service_command
+from app_harness import start_service_process
 from tls_certs import CertificateAuthority, encrypted_key
 
 from app import cli
@@ -25,19 +23,6 @@ HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
 
 def trusting(ca: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
-
-
-def wait_https(process: subprocess.Popen[bytes], url: str, context: ssl.SSLContext, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, f"cxr-serve exited early:\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/health/ready", verify=context, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"not ready over HTTPS in time:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)
 
 
 def handshake(port: int, context: ssl.SSLContext) -> str:
@@ -60,17 +45,14 @@ def test_https_process_serves_modern_tls_only(shipped_model, fullres_images, tmp
     ca = CertificateAuthority(tmp_path / "pki")
     server = ca.issue("cxr-serve")
     other = CertificateAuthority(tmp_path / "other-pki", name="Someone Else CA")
-    port = free_port()
-    env = {**os.environ, "CXR_PORT": str(port), "CXR_HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "CXR_TLS_CERT": str(server.cert), "CXR_TLS_KEY": str(server.key), "CXR_AUDIT_ENABLED": "false",
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CXR_TLS_CERT": str(server.cert),
+           "CXR_TLS_KEY": str(server.key), "CXR_AUDIT_ENABLED": "false",
            "CXR_RUNTIME": "keras"}  # the float32 reference: no runtime conversion at start, a faster test
     env.pop("CXR_MODEL_STORE", None)
-    log = tmp_path / "server.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(service_command(), env=env, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"https://127.0.0.1:{port}"
+    service = start_service_process(tmp_path / "server.log", env, scheme="https")
+    port, url = service.port, service.url
     try:
-        wait_https(process, url, trusting(ca.cert), log)
+        service.wait_for("/health/ready", verify=trusting(ca.cert))
         with httpx.Client(base_url=url, verify=trusting(ca.cert), timeout=30) as client:
             film = fullres_images[-1]
             answer = client.post("/predict", files={"file": (film.name, film.read_bytes())})
@@ -104,13 +86,8 @@ def test_https_process_serves_modern_tls_only(shipped_model, fullres_images, tmp
         assert wrong.returncode == 1 and "does not present CXR_TLS_CERT" in wrong.stderr
         assert healthcheck(port).returncode == 1  # plain HTTP to an HTTPS port: not healthy
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    output = log.read_text()
+        code = service.stop()
+    output = service.log_text()
     assert code == 0, output[-3000:]
     assert f"HTTPS on 127.0.0.1:{port}" in output
     assert "Traceback" not in output

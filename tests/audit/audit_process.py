@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -16,23 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from app_harness import free_port, service_command
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from app_harness import ServiceProcess, start_service_process
 
 
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+class Service(ServiceProcess):
+    """A cxr-serve process with what the audit's process tests ask of it: readiness with its reason, a timed
+    SIGTERM, and SIGKILL."""
 
     def ready_status(self) -> int | None:
         with contextlib.suppress(httpx.HTTPError):
@@ -45,22 +32,12 @@ class Service:
         return ""
 
     def wait_ready(self, status: int = 200, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ready_status() != status:
-            exited = self.process.poll()
-            assert exited is None, f"cxr-serve exited {exited}:\n{self.log_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"readiness not {status} in {timeout} s:\n{self.log_text()[-3000:]}"
-            time.sleep(0.1)
+        self.wait_for("/health/ready", status, timeout)
 
     def terminate(self, timeout: float = 60.0) -> tuple[int, float]:
         """SIGTERM; the exit status and the seconds it took."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = self.stop(timeout)
         return code, time.monotonic() - started
 
     def kill(self) -> None:
@@ -70,16 +47,11 @@ class Service:
 
 def start_service(log: Path, *, port: int | None = None, **env: str) -> Service:
     """The ``cxr-serve`` console script on a loopback port; CXR_* settings from ``env``."""
-    port = port or free_port()
-    environment = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_DEVICE": "cpu",
-                   "CXR_LOG_LEVEL": "info", "CXR_ACCESS_LOG": "false", "CXR_GATE": "off", "CXR_RUNTIME": "keras",
-                   "CXR_DECODE_THREADS": "2", "CXR_MAX_BATCH_SIZE": "4",  # fewer batch sizes to warm up
-                   "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **env}
-    handle = log.open("ab")
-    process = subprocess.Popen(service_command(), cwd=REPO_ROOT, env=environment, stdout=handle,
-                               stderr=subprocess.STDOUT)
-    handle.close()
-    return Service(process, port, log)
+    started = start_service_process(log, {
+        **os.environ, "CXR_DEVICE": "cpu", "CXR_LOG_LEVEL": "info", "CXR_ACCESS_LOG": "false", "CXR_GATE": "off",
+        "CXR_RUNTIME": "keras", "CXR_DECODE_THREADS": "2", "CXR_MAX_BATCH_SIZE": "4",  # fewer sizes to warm up
+        "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **env}, port=port)
+    return Service(started.process, started.port, started.log)
 
 
 @contextlib.contextmanager
@@ -88,8 +60,7 @@ def running(log: Path, **env: str) -> Iterator[Service]:
     try:
         yield service
     finally:
-        if service.process.poll() is None:
-            service.terminate(30)
+        service.stop(30)
 
 
 @dataclass

@@ -7,18 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from app_harness import free_port
+from app_harness import ServiceProcess, start_service_process
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # hostile.py (pytest runs in importlib mode)
@@ -102,49 +99,7 @@ def fresh_memory_accounting(command: list[str]) -> list[str]:
 
 # -- a real process ---------------------------------------------------------------------------------------
 
-@dataclass
-class LiveServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, path: str, status: int, timeout: float = 120.0) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                response = httpx.get(self.url + path, timeout=5)
-                if response.status_code == status:
-                    return response
-            time.sleep(0.1)
-        raise AssertionError(f"{path} did not answer {status} in {timeout}s:\n{self.log_text()[-3000:]}")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_server(log: Path, **env: str) -> LiveServer:
-    """``python -m app.cli`` (what the ``cxr-serve`` script runs) on a free loopback port; CXR_* from ``env``."""
-    port = free_port()
-    environment = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_DEVICE": "cpu",
-                   "CXR_LOG_LEVEL": "info", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
-    handle = log.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli"], cwd=REPO_ROOT, env=environment,
-                               stdout=handle, stderr=subprocess.STDOUT)
-    handle.close()
-    return LiveServer(process=process, port=port, log=log)
+def start_server(log: Path, **env: str) -> ServiceProcess:
+    """``cxr-serve`` as a real process on a free loopback port; CXR_* from ``env``."""
+    return start_service_process(log, {**os.environ, "CXR_DEVICE": "cpu", "CXR_LOG_LEVEL": "info",
+                                       "TF_CPP_MIN_LOG_LEVEL": "2", **env})

@@ -16,7 +16,8 @@ import hostile
 import httpx
 import numpy as np
 import pytest
-from reliability_support import LiveServer, assert_ready, require_shipped_model, start_server
+from app_harness import ServiceProcess
+from reliability_support import assert_ready, require_shipped_model, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ UPLOAD_LIMIT = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[LiveServer]:
+def server(tmp_path_factory) -> Iterator[ServiceProcess]:
     require_shipped_model()
     live = start_server(tmp_path_factory.mktemp("serve") / "server.log", CXR_TIMEOUT_KEEP_ALIVE=str(KEEP_ALIVE_S),
                         CXR_GRACEFUL_TIMEOUT=str(GRACE_S), CXR_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT),

@@ -7,15 +7,13 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from app_harness import free_port, service_command, wait_process_ready
+from app_harness import start_service_process
 from PIL import Image
 from site_store import make_site_store
 
@@ -52,26 +50,16 @@ def site_service(shipped_model: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def run_service(tmp_path_factory: pytest.TempPathFactory, **settings: str) -> Iterator[str]:
-    command = service_command()
-    port = free_port()
-    env = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_API_KEYS": KEY, "CXR_GATE": "off",
-           "CXR_AUDIT_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "CXR_API_KEYS": KEY, "CXR_GATE": "off", "CXR_AUDIT_ENABLED": "false",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("CXR_MODEL_STORE", None)
     env.update(settings)
-    log_path = tmp_path_factory.mktemp("service") / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    service = start_service_process(tmp_path_factory.mktemp("service") / "server.log", env)
     try:
-        wait_process_ready(process, url, log_path)
-        yield url
+        service.wait_for("/health/ready")
+        yield service.url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        service.stop()
 
 
 @pytest.fixture(scope="module")
