@@ -17,7 +17,7 @@ import pytest
 from app_harness import Running, free_port, serve
 from chest_dicom import SOP_CLASSES, chest_dicom
 from integration_support import GATE_SETTINGS, pick_films
-from peers import SrSink, dciodvfy
+from peers import SrSink, dciodvfy, sr_sink
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -57,12 +57,8 @@ def logs() -> Iterator[Collect]:
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[SrSink]:
-    destination = SrSink()
-    destination.start()
-    try:
+    with sr_sink() as destination:
         yield destination
-    finally:
-        destination.stop()
 
 
 @pytest.fixture(scope="module")
