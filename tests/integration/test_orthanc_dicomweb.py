@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from app_harness import free_port
 from chest_dicom import chest_dicom
+from headless_chromium import headless_chromium
 from integration_support import GATE_SETTINGS, pick_films
 from peers import dciodvfy, orthanc, orthanc_plugins, start_cxr_serve
 from PIL import Image
@@ -35,8 +36,6 @@ pytestmark = pytest.mark.slow
 NODE_AE = "CXR_SERVE"
 API_KEY = "orthanc-stow-key-0123456789abcdef"
 ARCHIVE_USER = ("cxr", "archive-password-42")
-CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver"))
 
 
 def results_in(rest: httpx.Client, study: str, timeout: float = 90.0) -> dict[str, Dataset]:
@@ -63,23 +62,8 @@ def part10(dataset: Dataset) -> bytes:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"Chromium or chromedriver not found at {CHROMIUM} / {CHROMEDRIVER}")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                     "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def viewer_shot(driver, url: str, path: Path, settled: float, timeout: float = 60.0) -> float:

@@ -14,13 +14,12 @@ import httpx
 import numpy as np
 import pytest
 from app_harness import start_service_process
+from headless_chromium import headless_chromium
 from PIL import Image
 from site_store import make_site_store
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver"))
 KEY = "review-page-test-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SITE = {"intercept": -0.4, "slope": 0.9, "method": "logistic"}
@@ -64,25 +63,9 @@ def run_service(tmp_path_factory: pytest.TempPathFactory, **settings: str) -> It
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"Chromium or chromedriver not found at {CHROMIUM} / {CHROMEDRIVER} "
-                    "(apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                     "--window-size=1400,1150", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile"), window="1400,1150",
+                           capabilities={"goog:loggingPrefs": {"browser": "ALL"}}) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def by_id(driver, name: str):
