@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -117,3 +118,26 @@ def run_turns(servers: dict[str, Server], upload: Any, args: argparse.Namespace,
           f"{args.rounds} rounds" + (f", {note}" if note else ""))
     return alternate(servers, upload, connections=args.connections, duration=args.duration, warmup=args.warmup,
                      rounds=args.rounds, workdir=workdir, p50_ms=p50_ms, other_cores=other_cores)
+
+
+def compare(settings: dict[str, dict[str, str]], upload: Any, args: argparse.Namespace, workdir: Path, *,
+            base_env: dict[str, str] | None = None, note: str = "", log_prefix: str = ""
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """One server per named set of settings (on top of the environment, :data:`BASE_ENV` and ``base_env``, each on
+    a free port; its log ``<log_prefix><name>.log`` in ``workdir``), the A/B turns of :func:`run_turns`, the servers
+    stopped; each one's median req/s and median server CPU-ms per answer."""
+    from benchmarks.servers import free_ports
+
+    common = {**os.environ, **BASE_ENV, **(base_env or {})}
+    servers: dict[str, Server] = {}
+    try:
+        for (name, env), port in zip(settings.items(), free_ports(len(settings)), strict=True):
+            log_name = log_prefix + name.replace(" ", "-")
+            servers[name] = start(log_name, port, {**common, **env, "CXR_PORT": str(port)}, workdir)
+        wait_ready(servers)
+        results, cpu_ms = run_turns(servers, upload, args, workdir, note=note)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return ({name: statistics.median(values) for name, values in results.items()},
+            {name: statistics.median(values) for name, values in cpu_ms.items()})

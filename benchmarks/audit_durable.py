@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import statistics
 import sys
 import time
 import uuid
@@ -24,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "audit"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, load_arguments, prepare, run_turns, start, wait_ready
-from benchmarks.servers import free_ports
+from benchmarks.ab import compare, load_arguments, prepare
 
 
 @contextlib.contextmanager
@@ -64,21 +61,13 @@ def store_urls(pg_url: str, workdir: Path) -> dict[str, str]:
 
 
 def measure(label: str, urls: dict[str, str], upload: object, args: argparse.Namespace, workdir: Path) -> None:
-    base = {**os.environ, **BASE_ENV}
-    ports = free_ports(2)
-    servers = {mode: start(f"{label}-{mode}", port, {**base, "CXR_PORT": str(port), "CXR_AUDIT_URL": urls[mode],
-                                                      "CXR_AUDIT_DURABLE": str(mode == "durable").lower()}, workdir)
-               for mode, port in zip(("durable", "buffered"), ports, strict=True)}
-    try:
-        wait_ready(servers)
-        results, cpu_ms = run_turns(servers, upload, args, workdir, note=f"store {label}")
-        durable, buffered = statistics.median(results["durable"]), statistics.median(results["buffered"])
-        cpu_d, cpu_b = statistics.median(cpu_ms["durable"]), statistics.median(cpu_ms["buffered"])
-        print(f"{label}: median durable {durable:.1f} req/s, buffered {buffered:.1f} req/s, ratio "
-              f"{durable / buffered:.3f}; server CPU per answer durable {cpu_d:.2f} ms, buffered {cpu_b:.2f} ms")
-    finally:
-        for server in servers.values():
-            server.stop()
+    settings = {mode: {"CXR_AUDIT_URL": urls[mode], "CXR_AUDIT_DURABLE": str(mode == "durable").lower()}
+                for mode in ("durable", "buffered")}
+    rates, cpu_ms = compare(settings, upload, args, workdir, note=f"store {label}", log_prefix=f"{label}-")
+    durable, buffered = rates["durable"], rates["buffered"]
+    print(f"{label}: median durable {durable:.1f} req/s, buffered {buffered:.1f} req/s, ratio "
+          f"{durable / buffered:.3f}; server CPU per answer durable {cpu_ms['durable']:.2f} ms, buffered "
+          f"{cpu_ms['buffered']:.2f} ms")
 
 
 def main() -> int:

@@ -136,28 +136,18 @@ def asgi_costs(workdir: Path, rounds: int = 3, n: int = 3000) -> dict[str, float
 
 def http_ab(args: argparse.Namespace) -> None:
     from app.access.keyfile import add_key
-    from benchmarks.ab import BASE_ENV, prepare, run_turns, start, wait_ready
-    from benchmarks.servers import free_ports
+    from benchmarks.ab import compare, prepare
 
     workdir, upload = prepare(args, "cxr-auth-bench-")
     key_file = workdir / "keys.jsonl"
     os.environ["BENCH_API_KEY"] = add_key(key_file, "bench", frozenset({"predict"}))
-    base = {**os.environ, **BASE_ENV}
-    port_key, port_open = free_ports(2)
-    servers = {"scoped key": start("auth-key", port_key, {**base, "CXR_PORT": str(port_key),
-                                                          "CXR_API_KEYS_FILE": str(key_file)}, workdir),
-               "no auth": start("auth-open", port_open, {**base, "CXR_PORT": str(port_open)}, workdir)}
-    try:
-        wait_ready(servers)
-        results, cpu_ms = run_turns(servers, upload, args, workdir, note="X-API-Key on every request")
-        with_key, without = statistics.median(results["scoped key"]), statistics.median(results["no auth"])
-        print(f"median /predict: scoped key {with_key:.1f} req/s, no auth {without:.1f} req/s, ratio "
-              f"{with_key / without:.3f} (target >= 0.97)")
-        cpu_key, cpu_open = statistics.median(cpu_ms["scoped key"]), statistics.median(cpu_ms["no auth"])
-        print(f"median server CPU per answer: scoped key {cpu_key:.2f} ms, no auth {cpu_open:.2f} ms")
-    finally:
-        for server in servers.values():
-            server.stop()
+    rates, cpu_ms = compare({"scoped key": {"CXR_API_KEYS_FILE": str(key_file)}, "no auth": {}}, upload, args,
+                            workdir, note="X-API-Key on every request")
+    with_key, without = rates["scoped key"], rates["no auth"]
+    print(f"median /predict: scoped key {with_key:.1f} req/s, no auth {without:.1f} req/s, ratio "
+          f"{with_key / without:.3f} (target >= 0.97)")
+    print(f"median server CPU per answer: scoped key {cpu_ms['scoped key']:.2f} ms, no auth "
+          f"{cpu_ms['no auth']:.2f} ms")
 
 
 def main() -> int:

@@ -10,15 +10,12 @@ Keras float32).
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, load_arguments, prepare, run_turns, start, wait_ready
-from benchmarks.servers import free_ports
+from benchmarks.ab import compare, load_arguments, prepare
 
 
 def main() -> int:
@@ -29,24 +26,14 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir, upload = prepare(args, "cxr-gate-bench-")
-    base = {**os.environ, **BASE_ENV, "CXR_AUDIT_ENABLED": "false"}
-    port_on, port_off = free_ports(2)
-    servers = {"gate on": start("gate-on", port_on, {**base, "CXR_PORT": str(port_on), "CXR_GATE": "refuse"},
-                                workdir),
-               "gate off": start("gate-off", port_off, {**base, "CXR_PORT": str(port_off), "CXR_GATE": "off",
-                                                        **({"CXR_RUNTIME": args.off_runtime} if args.off_runtime
-                                                           else {})}, workdir)}
-    try:
-        wait_ready(servers)
-        results, cpu_ms = run_turns(servers, upload, args, workdir)
-        on, off = statistics.median(results["gate on"]), statistics.median(results["gate off"])
-        print(f"median: gate on {on:.1f} req/s, gate off {off:.1f} req/s, ratio {on / off:.3f} (target >= 0.85)")
-        cpu_on, cpu_off = statistics.median(cpu_ms["gate on"]), statistics.median(cpu_ms["gate off"])
-        print(f"median server CPU per answer: gate on {cpu_on:.2f} ms, gate off {cpu_off:.2f} ms, "
-              f"ratio {cpu_off / cpu_on:.3f} (the throughput share a CPU-bound server keeps)")
-    finally:
-        for server in servers.values():
-            server.stop()
+    off_runtime = {"CXR_RUNTIME": args.off_runtime} if args.off_runtime else {}
+    rates, cpu_ms = compare({"gate on": {"CXR_GATE": "refuse"}, "gate off": {"CXR_GATE": "off", **off_runtime}},
+                            upload, args, workdir, base_env={"CXR_AUDIT_ENABLED": "false"})
+    on, off = rates["gate on"], rates["gate off"]
+    print(f"median: gate on {on:.1f} req/s, gate off {off:.1f} req/s, ratio {on / off:.3f} (target >= 0.85)")
+    cpu_on, cpu_off = cpu_ms["gate on"], cpu_ms["gate off"]
+    print(f"median server CPU per answer: gate on {cpu_on:.2f} ms, gate off {cpu_off:.2f} ms, "
+          f"ratio {cpu_off / cpu_on:.3f} (the throughput share a CPU-bound server keeps)")
     return 0
 
 
