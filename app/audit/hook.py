@@ -49,9 +49,6 @@ class ClientLabels:
         self._labels = {key: "key-" + hashlib.sha256(key.encode()).hexdigest()[:8] for key in keys}
 
     def label_of(self, headers_key: str | None) -> str:
-        return self.of(headers_key)
-
-    def of(self, headers_key: str | None) -> str:
         if not self.keys:
             return "anonymous"
         if headers_key is None:

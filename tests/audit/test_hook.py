@@ -19,11 +19,11 @@ KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
 
 def test_client_is_a_stable_label_never_the_key() -> None:
     labels = ClientLabels(KEYS)
-    first = labels.of(KEYS[0])
+    first = labels.label_of(KEYS[0])
     assert first == "key-" + hashlib.sha256(KEYS[0].encode()).hexdigest()[:8] and KEYS[0] not in first
-    assert labels.of(KEYS[1]) != first and labels.of(KEYS[0]) == first
-    assert labels.of(None) == "no-key" and labels.of("not-a-configured-key-000") == "invalid-key"
-    assert ClientLabels([]).of(None) == "anonymous"
+    assert labels.label_of(KEYS[1]) != first and labels.label_of(KEYS[0]) == first
+    assert labels.label_of(None) == "no-key" and labels.label_of("not-a-configured-key-000") == "invalid-key"
+    assert ClientLabels([]).label_of(None) == "anonymous"
 
 
 def test_only_prediction_requests_are_audited() -> None:
