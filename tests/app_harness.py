@@ -96,15 +96,19 @@ class ServiceProcess:
         raise AssertionError(f"{path} did not answer {status} in {timeout}s:\n{self.log_text()[-3000:]}")
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (SIGKILL after ``timeout`` s); the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM (SIGKILL after ``timeout`` s) where it still runs; the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def start_service_process(log: Path, env: dict[str, str], *, port: int | None = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import free_port
+from app_harness import free_port, stop_process
 
 from model_store.registry import DEFAULT_STORE, ModelRegistry
 
@@ -58,14 +57,7 @@ def start_server(store: Path, log: Path, **env: str) -> LiveServer:
 
 
 def stop_server(server: LiveServer) -> int:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            return server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            return server.process.wait(5)
-    return server.process.returncode
+    return stop_process(server.process, 30)
 
 
 @pytest.fixture(scope="module")
