@@ -6,6 +6,7 @@ benchmark measured about 5 % of throughput).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -36,8 +37,25 @@ async def _request_id(request: Request) -> str:
     return request.state.request_id
 
 
+@dataclass(frozen=True)
+class PredictContext:
+    """What a prediction route needs, as one dependency: FastAPI resolves each dependency of a request in turn
+    (parameters, cache keys, scopes), and on /predict three separate ones were ~6 % of the event loop's work
+    per request (benchmarks/asgi_cost.py)."""
+
+    dataplane: DataPlane
+    settings: Settings
+    request_id: str
+
+
+async def _predict_context(request: Request) -> PredictContext:
+    state = request.app.state
+    return PredictContext(state.dataplane, state.settings, request.state.request_id)
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
 ManagerDep = Annotated[ModelManager, Depends(_manager)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 RequestIdDep = Annotated[str, Depends(_request_id)]
+PredictContextDep = Annotated[PredictContext, Depends(_predict_context)]

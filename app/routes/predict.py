@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
-from app.dependencies import DataPlaneDep, RequestIdDep, SettingsDep
+from app.dependencies import PredictContextDep
 from app.errors import InvalidInputError, ServiceError, TooManyFilesError, UploadTooLargeError, classify
 from app.renderers import DICOM, FHIR, JSON, MULTIPART, check_upload, negotiate, render_bytes, render_multipart
 from app.schemas import BatchResponse, ErrorResponse, PredictionResponse
@@ -52,10 +52,11 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
 
 @router.post("/predict", response_model=PredictionResponse, responses=PREDICT_RESPONSES,
              summary="Classify one chest X-ray (PNG, JPEG, TIFF, BMP, GIF or DICOM)")
-async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
+async def predict(request: Request, context: PredictContextDep,
                   file: Annotated[UploadFile, File(description="the image file")],
                   *, explain: ExplainQuery = False, operating_point: PointQuery = None
                   ) -> dict[str, object] | Response:
+    dataplane, settings, request_id = context.dataplane, context.settings, context.request_id
     # the audit records this answer or refusal exactly once, however the block ends
     async with request.app.state.audit.track_request(request, request_id) as ticket:
         media_type = negotiate(request.headers.get("accept"))  # 406 before any work
@@ -79,9 +80,10 @@ async def predict(request: Request, dataplane: DataPlaneDep, settings: SettingsD
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
              summary="Classify several X-rays; one result or one error per file, in order")
-async def predict_batch(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep,
+async def predict_batch(request: Request, context: PredictContextDep,
                         files: Annotated[list[UploadFile], File(description="the image files")],
                         *, explain: ExplainQuery = False, operating_point: PointQuery = None) -> dict[str, object]:
+    dataplane, settings, request_id = context.dataplane, context.settings, context.request_id
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"{len(files)} files sent; at most {settings.max_batch_files} per request")
     dataplane.point(dataplane.manager.current, operating_point)  # an unknown name fails the request, not each file
