@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from model_store.imaging import load_file
-from model_store.preprocessing import PreprocessingError, PreprocessingSpec, otsu_threshold, preprocess
+from model_store.preprocessing import (
+    PreprocessingError,
+    PreprocessingSpec,
+    otsu_threshold,
+    preprocess,
+    unit_histogram,
+)
 
 SPEC = PreprocessingSpec(input_size=16)
 
@@ -78,6 +84,21 @@ def test_diaphragm_mask_zeroes_the_lowest_rows():
 def test_otsu_splits_a_bimodal_image_between_its_modes():
     image = np.concatenate([np.full(500, 0.2), np.full(500, 0.8)]).astype(np.float32)
     assert 0.2 < otsu_threshold(image) < 0.8
+
+
+@given(arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 300),
+              elements=st.floats(-0.5, 1.5, width=32) | st.just(float("nan"))))
+@settings(max_examples=200, deadline=None)
+def test_unit_histogram_is_numpys_histogram_bin_for_bin(values):
+    assert np.array_equal(unit_histogram(values), np.histogram(values, bins=256, range=(0.0, 1.0))[0])
+
+
+def test_unit_histogram_puts_every_edge_and_its_neighbours_where_numpy_does():
+    edges = np.linspace(0.0, 1.0, 257)
+    values = np.concatenate([edges, np.nextafter(edges, 2.0), np.nextafter(edges, -1.0)])
+    for dtype in (np.float32, np.float64):
+        cast = values.astype(dtype)
+        assert np.array_equal(unit_histogram(cast), np.histogram(cast, bins=256, range=(0.0, 1.0))[0])
 
 
 @pytest.mark.parametrize("bad", [np.zeros((0, 5)), np.zeros((4, 4, 3)), np.array([[np.nan, 0.5]]),
