@@ -145,7 +145,7 @@ def compute_targets(runs: list[dict], inprocess: dict | None, top: int, max_batc
         if memory:
             extra = "".join(f", {k[:3].upper()} {memory[k]:.0f} MB" for k in ("pss_mb", "uss_mb") if k in memory)
             add(f"service memory, RSS summed over its processes, {upload}, c={top} (MB)",
-                memory["rss_mb"], "reported", True,
+                memory["rss_mb"], "reported", bool(memory["processes"]),
                 f"{len(memory['processes'])} processes{extra} (per process: above)")
 
     # -- earlier targets and readings -------------------------------------------------------------------------

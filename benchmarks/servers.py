@@ -88,7 +88,7 @@ def process_memory(pid: int) -> dict | None:
     RSS counts the shared library and model pages in every process that maps them; PSS splits each shared page
     between its sharers (so PSS sums to the tree's real footprint); USS is what ending the process would free."""
     try:
-        status = _kib_fields(Path(f"/proc/{pid}/status").read_text(), ("Name", "VmRSS"))
+        status = _kib_fields(Path(f"/proc/{pid}/status").read_text(), ("VmRSS",))
         name = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError):
         return None
