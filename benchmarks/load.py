@@ -2,10 +2,12 @@
 
 Starts every server as its own process on a free loopback port (the service, the service with batching off,
 the HTTP ceiling in ``http_ceiling.py``, the same model under LitServe in ``litserve_server.py``), times the
-in-process ceiling (``inprocess.py``), then drives each server with ``wrk`` (a C load generator, one thread)
+in-process figures (``inprocess.py``) and the one-thread and all-cores in-process ceilings (``ceilings.py``) while
+the servers are frozen, then drives each server with ``wrk`` (a C load generator, one thread)
 posting a prebuilt multipart body, for each upload (a 224x224 JPEG and a full-resolution JPEG) and each
-concurrency. The servers take turns at every (upload, concurrency) point, the others frozen (SIGSTOP) meanwhile,
-so slow drifts of this shared machine hit them alike: ratios are the point.
+concurrency. The servers take turns at every (upload, concurrency) point, the others frozen (SIGSTOP, every
+process of their trees) meanwhile, so slow drifts of this shared machine hit them alike: ratios are the point.
+The table and issue 23's targets are ``load_report.py``'s.
 
 Usage: ``python benchmarks/load.py --out results.json`` (about 10 minutes), ``--quick`` (under a minute).
 See benchmarks/README.md for what each number means.
@@ -140,7 +142,8 @@ def median_runs(all_runs: list[dict]) -> list[dict]:
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "platform": platform.platform(), "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg()}
 
 
