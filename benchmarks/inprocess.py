@@ -10,7 +10,13 @@ service does (``model_runner.py``).
 
 ``single_ms_p50`` is one image through the same per-image work the service does (decode + gate + preprocess +
 model on a batch of 1; not the audit record, HTTP or the batcher); ``single_no_gate_ms_p50`` the same without
-the gate (what this figure was before the gate existed) and ``gate_ms_p50`` the gate alone.
+the gate (what this figure was before the gate existed) and ``gate_ms_p50`` the gate alone. ``images_per_s``
+is gate-free (decode + preprocess of a batch, then one model call), kept as it was measured before the gate.
+
+The same process is also a worker of the throughput ceilings (``ceilings.py``): a ``ceiling LABEL START END``
+line runs the full per-image work (decode + gate + preprocess, ``--max-batch-size`` images, then one model call
+on that batch) over and over from monotonic time START until a batch ends at or after END, and prints the images
+done, its CPU seconds (``time.process_time``: every thread of this process) and its wall seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +56,7 @@ def timed_repeats(fn, repeats: int, budget_s: float) -> list[float]:
     return times
 
 
-def measure(data: bytes, spec, predict, batch_size: int, budget_s: float, *, gate: InputGate,
-            settings: Settings) -> dict[str, float]:
-    min_size = 2 * spec.input_size
-
-    def prepare() -> np.ndarray:
-        return preprocess(decode(data, min_size=min_size, max_pixels=MAX_PIXELS), spec)
-
+def gate_check(data: bytes, gate: InputGate, settings: Settings) -> Callable[[np.ndarray], None]:
     def check(image: np.ndarray) -> None:
         """The service's checks between decode and preprocess (app.dataplane.DataPlane._prepare)."""
         check_shape(image, settings.min_image_side, settings.max_aspect_ratio)
@@ -63,10 +64,45 @@ def measure(data: bytes, spec, predict, batch_size: int, budget_s: float, *, gat
         gate.check_header(data, fmt)
         gate.check_image(image, data, fmt)
 
+    return check
+
+
+def gated_prepare(data: bytes, spec, gate: InputGate, settings: Settings) -> Callable[[], np.ndarray]:
+    """decode + gate + preprocess of one upload: the service's per-image work before the model."""
+    min_size, check = 2 * spec.input_size, gate_check(data, gate, settings)
+
     def prepare_gated() -> np.ndarray:
         image = decode(data, min_size=min_size, max_pixels=MAX_PIXELS)
         check(image)
         return preprocess(image, spec)
+
+    return prepare_gated
+
+
+def ceiling_run(data: bytes, spec, predict, batch_size: int, *, start: float, end: float, gate: InputGate,
+                settings: Settings) -> dict[str, float]:
+    """Full per-image work, batch after batch, from monotonic time ``start`` until a batch ends at or after
+    ``end`` (time.monotonic is one clock for every process of the machine, so workers share the window)."""
+    prepare_gated = gated_prepare(data, spec, gate, settings)
+    while time.monotonic() < start:
+        time.sleep(min(0.01, max(0.0, start - time.monotonic())))
+    cpu, images, now = time.process_time(), 0, time.monotonic()
+    while now < end:
+        predict(np.stack([prepare_gated() for _ in range(batch_size)]))
+        images += batch_size
+        now = time.monotonic()
+    return {"images": images, "cpu_s": time.process_time() - cpu, "wall_s": now - start}
+
+
+def measure(data: bytes, spec, predict, batch_size: int, budget_s: float, *, gate: InputGate,
+            settings: Settings) -> dict[str, float]:
+    min_size = 2 * spec.input_size
+
+    def prepare() -> np.ndarray:
+        return preprocess(decode(data, min_size=min_size, max_pixels=MAX_PIXELS), spec)
+
+    check = gate_check(data, gate, settings)
+    prepare_gated = gated_prepare(data, spec, gate, settings)
 
     x1 = prepare()[np.newaxis]
     decoded = decode(data, min_size=min_size, max_pixels=MAX_PIXELS)
@@ -96,7 +132,8 @@ def measure(data: bytes, spec, predict, batch_size: int, budget_s: float, *, gat
         "model_batch1_ms_p50": statistics.median(model1) * ms,
         f"model_batch{batch_size}_ms_p50": statistics.median(model_b) * ms,
         "model_ms_per_image_at_batch": statistics.median(model_b) * ms / batch_size,
-        # sequential, one thread: decode+preprocess B images, then one model call on the B batch
+        # GATE-FREE, sequential: decode+preprocess B images, then one model call on the B batch (the runtime's
+        # own threads as the service sets them); the gated ceilings are ceilings.py's
         "images_per_s": batch_size / statistics.median(batches),
         "batches_timed": len(batches),
     }
@@ -119,8 +156,15 @@ def main() -> None:
     spec, predict = model.spec, model.predict
     uploads = {label: Path(file).read_bytes() for label, file in (item.split("=", 1) for item in args.uploads)}
     print("ready", flush=True)
-    for _ in range(10):  # one measurement per "go" line; the driver may ask again if the machine was busy
-        if sys.stdin.readline().strip() != "go":  # "quit", or the driver went away
+    for line in sys.stdin:  # one measurement per line; the driver may ask again if the machine was busy
+        words = line.split()
+        if words[:1] == ["ceiling"] and len(words) == 4:
+            label, start, end = words[1], float(words[2]), float(words[3])
+            result = ceiling_run(uploads[label], spec, predict, args.max_batch_size, start=start, end=end, gate=gate,
+                                 settings=settings)
+            print(json.dumps({"upload": label, **result}), flush=True)
+            continue
+        if words != ["go"]:  # "quit"
             return
         cpu, wall = time.process_time(), time.perf_counter()
         results = {label: measure(data, spec, predict, args.max_batch_size, args.budget_s, gate=gate,

@@ -2,10 +2,12 @@
 
 Starts every server as its own process on a free loopback port (the service, the service with batching off,
 the HTTP ceiling in ``http_ceiling.py``, the same model under LitServe in ``litserve_server.py``), times the
-in-process ceiling (``inprocess.py``), then drives each server with ``wrk`` (a C load generator, one thread)
+in-process figures (``inprocess.py``) and the one-thread and all-cores in-process ceilings (``ceilings.py``) while
+the servers are frozen, then drives each server with ``wrk`` (a C load generator, one thread)
 posting a prebuilt multipart body, for each upload (a 224x224 JPEG and a full-resolution JPEG) and each
-concurrency. The servers take turns at every (upload, concurrency) point, the others frozen (SIGSTOP) meanwhile,
-so slow drifts of this shared machine hit them alike: ratios are the point.
+concurrency. The servers take turns at every (upload, concurrency) point, the others frozen (SIGSTOP, every
+process of their trees) meanwhile, so slow drifts of this shared machine hit them alike: ratios are the point.
+The table and issue 23's targets are ``load_report.py``'s.
 
 Usage: ``python benchmarks/load.py --out results.json`` (about 10 minutes), ``--quick`` (under a minute).
 See benchmarks/README.md for what each number means.
@@ -29,8 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ceilings import CeilingWorkers, measure_ceilings, usable_cores
+from benchmarks.load_report import (
+    compute_targets,
+    fmt_errors,
+    print_inprocess,
+    print_memory,
+    print_table,
+    print_targets,
+)
 from benchmarks.loadgen import Upload, make_upload, pick_uploads, run_wrk
-from benchmarks.servers import BENCH, REPO, Server, build_servers, machine_busy_seconds, tree_cpu_seconds
+from benchmarks.servers import BENCH, REPO, Server, build_servers, machine_busy_seconds, tree_cpu_seconds, tree_memory
 
 
 def measure_point(server: Server, others: list[Server], upload: Upload, *, connections: int,
@@ -51,6 +62,7 @@ def measure_point(server: Server, others: list[Server], upload: Upload, *, conne
     others_cpu = sum(tree_cpu_seconds(o.proc.pid) for o in others if o.proc) - others_before
     time.sleep(0.3)  # requests cut off by wrk's end still finish their batch
     batch_after = server.batch_counters()
+    memory = tree_memory(server.proc.pid)  # after the load: every worker has grown to its working size
     seconds = load["duration_us"] / 1e6
     statuses = {int(k): v for k, v in load["statuses"].items()}
     ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
@@ -59,6 +71,8 @@ def measure_point(server: Server, others: list[Server], upload: Upload, *, conne
     mean_batch = None
     if batch_before is not None and batch_after is not None and batch_after[1] > batch_before[1]:
         mean_batch = (batch_after[0] - batch_before[0]) / (batch_after[1] - batch_before[1])
+        if not 1 <= mean_batch <= args.max_batch_size:  # counters of two different workers: no reading
+            mean_batch = None
     pct = load["latency_us"]["percentiles"]
     return {
         "target": server.name, "upload": upload.label, "concurrency": connections, "seconds": round(seconds, 3),
@@ -66,6 +80,8 @@ def measure_point(server: Server, others: list[Server], upload: Upload, *, conne
         "p50_ms": pct["50"] / 1000, "p95_ms": pct["95"] / 1000, "p99_ms": pct["99"] / 1000,
         "mean_ms": load["latency_us"]["mean"] / 1000, "mean_batch": mean_batch, "errors": errors,
         "server_cpu_cores": cpu / seconds, "wrk_cpu_cores": load["cpu_s"] / seconds,
+        # the server's whole process tree (supervisor and every worker) per successful request
+        "server_cpu_ms_per_ok": 1000 * cpu / ok if ok else None, "memory": memory,
         "idle_servers_cpu_cores": others_cpu / seconds,
         # everything else this machine ran meanwhile (other users' work, frozen servers, this driver): noise
         "other_cpu_cores": max(0.0, busy - cpu - load["cpu_s"]) / seconds,
@@ -123,116 +139,11 @@ def median_runs(all_runs: list[dict]) -> list[dict]:
     return out
 
 
-# -- reporting -----------------------------------------------------------------------------------------------
-def fmt_errors(errors: dict[str, int]) -> str:
-    return " ".join(f"{k}:{v}" for k, v in errors.items()) or "0"
-
-
-def per_cpu(run: dict) -> float:
-    """Requests per CPU-second the server used: what throughput would be per core. On a machine shared with
-    other work the server gets only part of the CPU, so this is the steadier reading of efficiency there (at
-    high concurrency every server here is CPU-bound)."""
-    return run["rps"] / run["server_cpu_cores"] if run["server_cpu_cores"] > 0 else 0.0
-
-
-def print_table(runs: list[dict]) -> None:
-    header = (f"{'target':<17}{'upload':<9}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-              f"{'batch':>7}{'srv cpu':>8}{'req/cpu-s':>10}{'wrk cpu':>8}{'other':>6}  errors")
-    print(header)
-    print("-" * len(header))
-    for r in sorted(runs, key=lambda r: (r["target"], r["upload"], r["concurrency"])):
-        batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
-        flag = "*" if r.get("disturbed") else " "
-        print(f"{r['target']:<17}{r['upload']:<9}{r['concurrency']:>5}{r['rps']:>8.1f}{flag}{r['p50_ms']:>9.1f}"
-              f"{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{batch:>7}{r['server_cpu_cores']:>8.2f}"
-              f"{per_cpu(r):>10.1f}"
-              f"{r['wrk_cpu_cores']:>8.2f}{r['other_cpu_cores']:>6.2f}  {fmt_errors(r['errors'])}")
-
-
-def single_image_work(figures: dict) -> str:
-    """What the in-process single-image figure holds (results saved before the gate was timed lack it)."""
-    if "single_no_gate_ms_p50" not in figures:
-        return f"decode+preprocess+model(batch 1) {figures['single_ms_p50']:.2f} ms (no gate),"
-    return (f"decode+gate+preprocess+model(batch 1) {figures['single_ms_p50']:.2f} ms (without the gate "
-            f"{figures['single_no_gate_ms_p50']:.2f} ms),")
-
-
-def compute_targets(runs: list[dict], inprocess: dict | None, top: int, max_batch: int) -> list[dict]:
-    def rps(target: str, upload: str, conc: int = top) -> float | None:
-        found = [r["rps"] for r in runs if (r["target"], r["upload"], r["concurrency"]) == (target, upload, conc)]
-        return found[0] if found else None
-
-    def efficiency(target: str, upload: str, conc: int = top) -> float | None:
-        found = [per_cpu(r) for r in runs if (r["target"], r["upload"], r["concurrency"]) == (target, upload, conc)]
-        return found[0] if found else None
-
-    def p50(target: str, upload: str, conc: int) -> float | None:
-        found = [r["p50_ms"] for r in runs if (r["target"], r["upload"], r["concurrency"]) == (target, upload, conc)]
-        return found[0] if found else None
-
-    out: list[dict] = []
-
-    def ratio(name: str, num: float | None, den: float | None, goal: float, note: str) -> None:
-        if num is not None and den:
-            value = num / den
-            out.append({"name": name, "value": round(value, 3), "target": f">= {goal}", "met": value >= goal,
-                        "note": note})
-
-    for upload in ("224x224", "full-res"):
-        ratio(f"service/LitServe req/s, {upload}, c={top}", rps("service", upload), rps("litserve", upload), 2.0,
-              "same model, decoder, preprocess, buckets, batch size and delay")
-    ratio(f"service/HTTP ceiling req/s, 224x224, c={top}", rps("service", "224x224"), rps("ceiling", "224x224"),
-          0.5, "ceiling: FastAPI endpoint that reads the upload and returns a constant")
-    size = f"{inprocess['input_size']}x{inprocess['input_size']}-input model" if inprocess else "the model"
-    ratio(f"batching on/off req/s, 224x224 upload, {size}, c={top}", rps("service", "224x224"),
-          rps("nobatch", "224x224"), 1.5, f"max batch {max_batch} vs 1, same runtime, same everything else")
-    for upload in ("224x224", "full-res"):
-        ratio(f"service/naive model.predict server req/s, {upload}, c={top}", rps("service", upload),
-              rps("naive", upload), 20.0, "naive: FastAPI endpoint calling Keras model.predict per request")
-    if inprocess:
-        for upload, figures in inprocess["uploads"].items():
-            served = p50("service", upload, 1)
-            if served is None:
-                continue
-            overhead = served - figures["single_ms_p50"]
-            out.append({"name": f"p50 at c=1 minus in-process single-image latency, {upload} (ms)",
-                        "value": round(overhead, 2), "target": "<= 1.0", "met": overhead <= 1.0,
-                        "note": f"service p50 {served:.2f} ms, in-process {single_image_work(figures)} "
-                                f"runtime {inprocess.get('runtime', '?')}"})
-            served_top = rps("service", upload)
-            if served_top is not None:
-                out.append({"name": f"service c={top} / in-process ceiling, {upload}",
-                            "value": round(served_top / figures["images_per_s"], 3), "target": "info",
-                            "met": None, "note": f"in-process {figures['images_per_s']:.1f} images/s, sequential, "
-                                                 f"batch {inprocess['batch_size']}"})
-    # the same ratios per server CPU-second: the reading to trust when other work took much of the machine
-    for upload in ("224x224", "full-res"):
-        for other, goal in (("litserve", 2.0), ("nobatch", 1.5), ("naive", 20.0)):
-            num, den = efficiency("service", upload), efficiency(other, upload)
-            if num is not None and den:
-                out.append({"name": f"per server CPU-s: service/{other}, {upload}, c={top}",
-                            "value": round(num / den, 3), "target": f">= {goal}", "met": None,
-                            "note": f"{num:.1f} vs {den:.1f} requests per CPU-second"})
-    served = [r for r in runs if r["target"] in ("service", "nobatch")]
-    if served:
-        errors = sum(sum(r["errors"].values()) for r in served)
-        out.append({"name": "errors (non-2xx and socket) at every service/nobatch point", "value": errors,
-                    "target": "== 0", "met": errors == 0, "note": f"{len(served)} points"})
-    return out
-
-
-def print_targets(targets: list[dict]) -> None:
-    print()
-    for t in targets:
-        verdict = ("info" if t["target"] == "info" else "(info)") if t["met"] is None else \
-            ("MET" if t["met"] else "MISSED")
-        print(f"{t['name']:<66}{t['value']:>9}  target {t['target']:<7} {verdict:<7} {t['note']}")
-
-
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "platform": platform.platform(), "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg()}
 
 
@@ -264,8 +175,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16, help="for the service, LitServe and in-process")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="max batching delay (service and LitServe)")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64; quick 1,64)")
-    parser.add_argument("--duration", type=int, default=None, help="seconds per point (default 10; quick 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up seconds per point (default 2; quick 0)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per point (default 10; quick 1; wrk "
+                        "counts whole seconds, so a fraction is rounded up)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per point (default 2; quick 0; "
+                        "rounded up like --duration)")
+    parser.add_argument("--ceiling-s", type=float, default=None, help="seconds per in-process ceiling window "
+                        "(default 5; quick 1)")
+    parser.add_argument("--ceiling-processes", type=int, default=None, help="processes of the all-cores ceiling "
+                        "(default: the usable cores, os.sched_getaffinity)")
+    parser.add_argument("--service-workers", type=int, default=None, help="CXR_WORKERS of service and nobatch "
+                        "(default: unset, the service's own default)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over every point; the table shows the "
                         "round with the median req/s per point")
     parser.add_argument("--max-other-cpu", type=float, default=0.25, help="cores other work may use during a "
@@ -288,14 +207,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (1 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
+    args.ceiling_s = args.ceiling_s or (1.0 if args.quick else 5.0)
+    args.ceiling_processes = args.ceiling_processes or usable_cores()
     return args
 
 
 def report(path: Path) -> int:
     saved = json.loads(path.read_text())
     top = max(r["concurrency"] for r in saved["runs"])
+    print_inprocess(saved.get("inprocess"), saved.get("ceilings"))
+    print()
     print_table(saved["runs"])
-    print_targets(compute_targets(saved["runs"], saved.get("inprocess"), top, saved["settings"]["max_batch_size"]))
+    print_memory(saved["runs"], top)
+    print_targets(compute_targets(saved["runs"], saved.get("inprocess"), top, saved["settings"]["max_batch_size"],
+                                  saved.get("ceilings")))
     return 0
 
 
@@ -326,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         inproc_argv += ["--version", args.model_version]
     all_runs: list[dict] = []
     inprocess_runs: list[dict] = []
+    ceiling_runs: list[dict] = []
     inproc = subprocess.Popen(inproc_argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    workers = CeilingWorkers(inproc_argv, args.ceiling_processes)
+    labels = [u.label for u in uploads]
     try:
         t0 = time.monotonic()
         for server in servers:
@@ -344,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             inprocess_runs.append(measure_inprocess(inproc, servers))
         else:
             print("in-process ceiling failed to start (see its stderr above)")
+        if workers.ready():
+            ceiling_runs.append(measure_ceilings(workers, servers, labels, args.ceiling_s, args.max_batch_size))
+        else:
+            print("in-process ceiling workers failed to start (see their stderr above)")
         try:
             for round_ in range(args.repeat):
                 for upload in uploads:
@@ -360,29 +292,33 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: reporting the points measured so far")
         if inprocess_runs:  # again at the end: the less disturbed of the two is kept
             inprocess_runs.append(measure_inprocess(inproc, servers))
+        if ceiling_runs:
+            ceiling_runs.append(measure_ceilings(workers, servers, labels, args.ceiling_s, args.max_batch_size))
     finally:
+        workers.close()
         if inproc.poll() is None:
             inproc.kill()
             inproc.wait(timeout=10)
         for server in servers:
             server.stop()
     inprocess = min(inprocess_runs, key=lambda r: r["other_cpu_cores"]) if inprocess_runs else None
-    if inprocess:
-        for label, figures in inprocess["uploads"].items():
-            print(f"in-process {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+    ceilings = min(ceiling_runs, key=lambda r: r["other_cpu_cores"]) if ceiling_runs else None
+    print_inprocess(inprocess, ceilings)
     runs = median_runs(all_runs)
     top = max(args.concurrency)
-    targets = compute_targets(runs, inprocess, top, args.max_batch_size)
+    targets = compute_targets(runs, inprocess, top, args.max_batch_size, ceilings)
     print()
     print_table(runs)
     if any(r.get("disturbed") for r in runs):
         print(f"* other work on the machine used more than {args.max_other_cpu} cores during this point")
+    print_memory(runs, top)
     print_targets(targets)
     info["loadavg_at_end"] = os.getloadavg()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**info, "inprocess": inprocess, "runs": runs, "targets": targets,
-                                        "all_runs": all_runs, "inprocess_runs": inprocess_runs},
+        args.out.write_text(json.dumps({**info, "inprocess": inprocess, "ceilings": ceilings, "runs": runs,
+                                        "targets": targets, "all_runs": all_runs, "inprocess_runs": inprocess_runs,
+                                        "ceiling_runs": ceiling_runs},
                                        indent=2) + "\n")
         print(f"\nresults written to {args.out}")
     if args.keep_logs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -57,12 +58,13 @@ def make_upload(label: str, path: Path, workdir: Path) -> Upload:
     return Upload(label, path, body, size)
 
 
-def run_wrk(url: str, upload: Upload, *, connections: int, seconds: int, threads: int, workdir: Path) -> dict:
+def run_wrk(url: str, upload: Upload, *, connections: int, seconds: float, threads: int, workdir: Path) -> dict:
     result = workdir / "wrk-result.json"
     result.unlink(missing_ok=True)
     env = {**os.environ, "BENCH_BODY": str(upload.body), "BENCH_RESULT": str(result),
            "BENCH_CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}"}
-    argv = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds}s",
+    # wrk takes whole seconds
+    argv = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{max(1, math.ceil(seconds))}s",
             "--timeout", "30s", "-s", str(LUA), url]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)

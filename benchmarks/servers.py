@@ -34,8 +34,8 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User+system CPU seconds of a process and all its live descendants (from /proc)."""
+def _process_table() -> tuple[dict[int, int], dict[int, float]]:
+    """(parent of each pid, user+system CPU seconds of each pid, all threads) from /proc."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -48,12 +48,71 @@ def tree_cpu_seconds(root: int) -> float:
         pid = int(entry.name)
         parents[pid] = int(fields[1])
         cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    total, todo = 0.0, [root]
+    return parents, cpu
+
+
+def _descendants(root: int, parents: dict[int, int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    out, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo.extend(child for child, parent in parents.items() if parent == pid)
-    return total
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_pids(root: int) -> list[int]:
+    """A process and all its live descendants (a multi-process server: supervisor, workers, helpers)."""
+    return _descendants(root, _process_table()[0])
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User+system CPU seconds of a process and all its live descendants (from /proc)."""
+    parents, cpu = _process_table()
+    return sum(cpu.get(pid, 0.0) for pid in _descendants(root, parents))
+
+
+def _kib_fields(text: str, names: tuple[str, ...]) -> dict[str, int]:
+    found = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in names:
+            found[key] = int(rest.split()[0])
+    return found
+
+
+def process_memory(pid: int) -> dict | None:
+    """RSS of one process, and PSS / USS (private pages only) where /proc/<pid>/smaps_rollup is readable, MiB.
+    RSS counts the shared library and model pages in every process that maps them; PSS splits each shared page
+    between its sharers (so PSS sums to the tree's real footprint); USS is what ending the process would free."""
+    try:
+        status = _kib_fields(Path(f"/proc/{pid}/status").read_text(), ("VmRSS",))
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    if "VmRSS" not in status:  # a zombie, or a kernel thread
+        return None
+    out: dict = {"pid": pid, "name": name, "rss_mb": round(status["VmRSS"] / 1024, 1)}
+    with contextlib.suppress(OSError, ValueError):
+        rollup = _kib_fields(Path(f"/proc/{pid}/smaps_rollup").read_text(),
+                             ("Pss", "Private_Clean", "Private_Dirty"))
+        if "Pss" in rollup:
+            out["pss_mb"] = round(rollup["Pss"] / 1024, 1)
+            out["uss_mb"] = round((rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)) / 1024, 1)
+    return out
+
+
+def tree_memory(root: int) -> dict:
+    """Memory of a process tree: RSS summed over every process (overcounts shared pages), PSS and USS summed
+    where every process's smaps_rollup was readable (else absent), and each process's own figures."""
+    processes = [m for m in (process_memory(pid) for pid in tree_pids(root)) if m is not None]
+    out: dict = {"processes": processes, "rss_mb": round(sum(p["rss_mb"] for p in processes), 1)}
+    for key in ("pss_mb", "uss_mb"):
+        if processes and all(key in p for p in processes):
+            out[key] = round(sum(p[key] for p in processes), 1)
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -100,12 +159,20 @@ class Server:
         except OSError:
             return False
 
-    def batch_counters(self) -> tuple[float, float] | None:
-        """(images, batches) so far, or None where the server does not count batches."""
+    def batch_counters(self, reads: int = 4) -> tuple[float, float] | None:
+        """(images, batches) so far, or None where the server does not count batches. Several uvicorn workers
+        whose /metrics each show only their own counters answer different figures to back-to-back reads (each
+        read a new connection, taken by any worker) while the server is idle: None then, rather than a delta
+        between two workers' counters. Aggregated (or single-process) counters read alike every time."""
         if self.batch_stats == "metrics":
-            text = http_get(self.url("/metrics"))[1]
-            found = {m[0]: float(m[1]) for m in re.findall(r"^cxr_batch_size_(sum|count) (\S+)$", text, re.M)}
-            return (found["sum"], found["count"]) if len(found) == 2 else None
+            seen = set()
+            for _ in range(reads):
+                text = http_get(self.url("/metrics"))[1]
+                found = {m[0]: float(m[1]) for m in re.findall(r"^cxr_batch_size_(sum|count) (\S+)$", text, re.M)}
+                if len(found) != 2:
+                    return None
+                seen.add((found["sum"], found["count"]))
+            return seen.pop() if len(seen) == 1 else None
         if self.batch_stats == "file" and self.stats_file is not None:
             if not self.stats_file.exists():
                 return (0.0, 0.0)
@@ -114,14 +181,20 @@ class Server:
         return None
 
     def signal(self, sig: int) -> None:
+        """To the whole server: its process group (our own session) and each process of its tree, for any
+        worker that left the group (a SIGSTOP that missed one would let it run while another server is timed)."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)  # our own session: the server and its workers
+                os.killpg(self.proc.pid, sig)
+            for pid in tree_pids(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.signal(signal.SIGCONT)
+        tree = tree_pids(self.proc.pid)
         os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: the server and its workers
         try:
             self.proc.wait(timeout=20)
@@ -132,6 +205,9 @@ class Server:
         time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in tree[1:]:  # any that left the group, seconds ago: no time for the pid to be reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def build_servers(args: argparse.Namespace, workdir: Path) -> list[Server]:
@@ -149,6 +225,12 @@ def build_servers(args: argparse.Namespace, workdir: Path) -> list[Server]:
             env["CXR_MODEL_VERSION"] = args.model_version
         else:
             env.pop("CXR_MODEL_VERSION", None)
+        # the service's own default worker count (CXR_WORKERS unset) unless a run asks for one
+        workers = getattr(args, "service_workers", None)
+        if workers:
+            env["CXR_WORKERS"] = str(workers)
+        else:
+            env.pop("CXR_WORKERS", None)
         return env
 
     wanted = args.targets.split(",")
