@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 "
                       "(containers); beyond loopback, protected routes need API keys or sign-on configured")
     port: int = Field(8000, ge=1, le=65535, description="TCP port, 1-65535, e.g. 8000")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, 1-64 (each loads the model)")
+    workers: int | Literal["auto"] = Field("auto", description="uvicorn worker processes: auto (the CPUs this "
+                                           "process may use, cgroup CPU quota included, at most 8; 1 where a GPU is "
+                                           "used) or 1-64; each holds its own model copy (~0.9 GiB)")
 
     model_store: Path = Field(DEFAULT_STORE, description="folder holding <name>/<version>/model.h5, e.g. "
                               "/models; default: the model_store/ package folder (the shipped model)")
@@ -226,6 +228,13 @@ class Settings(BaseSettings):
     @classmethod
     def lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def check_workers(cls, value: object) -> object:
+        from app.workers import parse_workers
+
+        return parse_workers(value)
 
     @field_validator("api_keys", "cors_origins", "gate_header_rules", mode="before")
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.dependencies import ManagerDep
 from app.schemas import Health
+from app.worker_sync import worker_summary
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -29,6 +32,14 @@ async def ready(request: Request, manager: ManagerDep) -> JSONResponse:
         reason = node.not_ready_reason()
     if reason is None:  # fail-closed audit (CXR_AUDIT_REQUIRED=true): not ready while its store is unreachable
         reason = request.app.state.audit.not_ready_reason()
+    sync = request.app.state.worker_sync  # several workers: ready only when all of them are, on one model
+    workers = None
+    if sync is not None:
+        states = await asyncio.to_thread(sync.live_states)
+        workers = [worker_summary(state) for state in states]
+        if reason is None:
+            reason = await asyncio.to_thread(sync.not_ready_reason)
+    extra = {"workers": workers} if workers is not None else {}
     if reason is not None:
-        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
-    return JSONResponse({"status": "ready", "model": manager.current.describe()})
+        return JSONResponse({"status": "not_ready", "reason": reason, **extra}, status_code=503)
+    return JSONResponse({"status": "ready", "model": manager.current.describe(), **extra})
