@@ -20,7 +20,8 @@ from app.model_manager import configured_point_problem
 from app.rundir import METRICS_SUBDIR, RUN_DIR_ENV, created_run_dir
 from app.settings import Settings, SettingsError
 from app.tls import uvicorn_options
-from app.workers import WorkerPlan, plan_workers, share_environment
+from app.worker_sync import WORKER_COUNT_ENV
+from app.workers import SHARED_THREADS, WorkerPlan, plan_workers, share_environment
 
 log = logging.getLogger("cxr.serve")
 
@@ -70,12 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     if settings.tls_cert is not None:
         log.info("HTTPS on %s:%d (certificate %s, TLS 1.2 or newer)", settings.host, settings.port, settings.tls_cert)
     plan = plan_workers(settings.workers, settings.device, settings.runtime)
-    log.info("%d worker process(es): %s", plan.workers, plan.reason)
+    shares = share_environment(plan, dict(os.environ))
+    os.environ.update(shares)  # before TensorFlow is imported: it reads TF_NUM_INTRAOP_THREADS once
+    log.info("%d worker process(es): %s; threads per worker: %s", plan.workers, plan.reason, ", ".join(
+        f"{name}={os.environ.get(name)}" + ("" if name in shares else " (set by you)") for name in SHARED_THREADS))
     if plan.workers > 1:
         run_workers(plan, common)
         return 0
     for name in (RUN_DIR_ENV, "PROMETHEUS_MULTIPROC_DIR"):  # one process shares nothing
         os.environ.pop(name, None)
+    if "CXR_DECODE_THREADS" in shares:  # the settings were read before the share was known
+        settings = settings.model_copy(update={"decode_threads": int(shares["CXR_DECODE_THREADS"])})
     server = Server(uvicorn.Config(create_app(settings), **common))
     server.run()
     return 0
@@ -85,14 +91,11 @@ def run_workers(plan: WorkerPlan, common: dict[str, object]) -> None:
     """Several uvicorn workers, each building its own app (and model) from the environment, which names the run
     directory they share (app.rundir). Set before the workers start, so their prometheus_client imports see it."""
     with created_run_dir() as folder:
-        shares = share_environment(plan, dict(os.environ))
         if multiprocess_dir() is not None:
             log.info("PROMETHEUS_MULTIPROC_DIR is replaced by this run's own folder")
         os.environ.update({RUN_DIR_ENV: str(folder), "PROMETHEUS_MULTIPROC_DIR": str(folder / METRICS_SUBDIR),
-                           **shares})
-        log.info("workers share %s; per-worker threads: %s", folder, ", ".join(
-            f"{name}={os.environ.get(name, 'default')}" for name in ("CXR_DECODE_THREADS", "TF_NUM_INTRAOP_THREADS"))
-            + (" (set by you)" if not shares else ""))
+                           WORKER_COUNT_ENV: str(plan.workers)})
+        log.info("the workers share %s (metrics, model state, locks, rate-limit buckets)", folder)
         uvicorn.run("app.main:create_app_from_env", factory=True, workers=plan.workers, **common)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 AUTO_MAX = 8
 MAX_WORKERS = 64
 GPU_RUNTIMES = {"keras-fp16"}  # runtimes that only run on a GPU
+SHARED_THREADS = ("CXR_DECODE_THREADS", "TF_NUM_INTRAOP_THREADS")
 
 
 @dataclass(frozen=True)
@@ -106,12 +107,13 @@ def plan_workers(requested: int | str, device: str, runtime: str, *, cores: int 
 
 def thread_share(cores: int, workers: int) -> int:
     """Each worker's fair share of the cores for its own thread pools (decode, TFLite/TensorFlow compute)."""
-    return max(1, cores // workers)
+    return max(1, min(MAX_WORKERS, cores // workers))  # 64: the most CXR_DECODE_THREADS accepts
 
 
 def share_environment(plan: WorkerPlan, environ: dict[str, str]) -> dict[str, str]:
     """The thread-pool variables to set for the workers, leaving any the user set alone: decode threads
     (CXR_DECODE_THREADS) and compute threads (TF_NUM_INTRAOP_THREADS, read by TensorFlow and the TFLite
-    runtime). Without it every worker would size its pools for every core and they would fight over them."""
+    runtime). Without it every worker would size its pools for every core (and, in a container, for the
+    host's cores, not its CPU quota) and they would fight over them."""
     share = str(thread_share(plan.cores, plan.workers))
-    return {name: share for name in ("CXR_DECODE_THREADS", "TF_NUM_INTRAOP_THREADS") if not environ.get(name)}
+    return {name: share for name in SHARED_THREADS if not environ.get(name)}
