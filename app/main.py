@@ -108,5 +108,5 @@ def create_app_from_env() -> FastAPI:
     from app.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, pid=run_dir() is not None)
     return create_app(settings)
