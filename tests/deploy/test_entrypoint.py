@@ -148,7 +148,8 @@ def test_server_accepts_the_settings(source, image_store, monkeypatch):
     settings = _settings(env, image_store, monkeypatch)
     assert settings.host == "0.0.0.0", "reachable from outside the container"
     assert settings.port == 8000
-    assert settings.workers == 1, "one process per container, so one batcher sees every request"
+    # auto: a worker per CPU of the container's quota (1 with a GPU); tests/app/test_workers.py covers how
+    assert settings.workers == "auto", "every core used: one process is GIL-bound"
 
 
 def test_shutdown_fits_in_every_grace_period(image_store, monkeypatch):
