@@ -21,6 +21,7 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_manager import ModelManager
 from app.routes import include_routers
+from app.routes.health import local_not_ready_reason
 from app.rundir import run_dir
 from app.settings import Settings
 from app.worker_sync import WorkerSync
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         dicom_node = DicomNode(settings, dataplane, metrics, audit=audit)
     folder = run_dir()  # several workers (cxr-serve): they keep each other's model in step
-    sync = WorkerSync.from_env(folder, manager) if folder is not None else None
+    sync = WorkerSync.from_env(folder, manager, lambda: local_not_ready_reason(app)) if folder is not None else None
     if sync is not None and dicom_node is not None:
         sync.extra = lambda: {"dicom_listener": dicom_node.listening}
 

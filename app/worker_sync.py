@@ -60,8 +60,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 class WorkerSync:
-    def __init__(self, folder: Path, manager: ModelManager, expected: int | None = None) -> None:
+    def __init__(self, folder: Path, manager: ModelManager, expected: int | None = None,
+                 not_ready: Callable[[], str | None] | None = None) -> None:
         self.manager = manager
+        # this worker's whole readiness (model, DICOM node, fail-closed audit); the model's alone by default
+        self.not_ready = not_ready or manager.not_ready_reason
         self.pid = os.getpid()
         self.states = folder / "workers"
         self.states.mkdir(exist_ok=True)
@@ -78,9 +81,10 @@ class WorkerSync:
         self._last_reap = 0.0
 
     @classmethod
-    def from_env(cls, folder: Path, manager: ModelManager) -> WorkerSync:
+    def from_env(cls, folder: Path, manager: ModelManager,
+                 not_ready: Callable[[], str | None] | None = None) -> WorkerSync:
         count = os.environ.get(WORKER_COUNT_ENV, "")
-        return cls(folder, manager, int(count) if count.isdigit() else None)
+        return cls(folder, manager, int(count) if count.isdigit() else None, not_ready)
 
     # -- life cycle ------------------------------------------------------------------------------------
     def adopt_target(self) -> None:
@@ -133,7 +137,7 @@ class WorkerSync:
     # -- state files -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         model = self.manager._current
-        reason = self.manager.not_ready_reason()
+        reason = self.not_ready()
         with self._lock:
             return {"pid": self.pid, "ready": reason is None, "reason": reason, "generation": self.generation,
                     "failed": self.failed,

@@ -130,3 +130,17 @@ def test_the_rate_limit_is_shared_through_the_run_directory(tmp_path):
     one.check("key:a", now=130.0)  # one token back after 30 s, whichever worker asks
     with pytest.raises(RateLimitedError):
         two.check("key:a", now=130.0)
+
+
+@pytest.mark.parametrize("flag", ["0", "65", "many"])
+def test_cxr_serve_refuses_a_bad_worker_count_with_exit_status_2(flag, capsys):
+    from app.cli import main
+
+    assert main(["--workers", flag]) == 2
+    error = capsys.readouterr().err
+    assert "cxr-serve: invalid configuration" in error and "CXR_WORKERS" in error and "auto or an integer 1-64" in error
+
+
+def test_the_flag_takes_auto_and_numbers():
+    assert Settings.load(workers="auto").workers == "auto"
+    assert Settings.load(workers="4").workers == 4
