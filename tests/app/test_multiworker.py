@@ -91,6 +91,7 @@ def test_ready_only_with_both_workers_on_one_model_and_one_dicom_listener(servic
     assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
     assert all(w["ready"] and w["version"] == body["model"]["version"] for w in workers)
     assert sorted(w["dicom_listener"] for w in workers) == [False, True], "exactly one worker binds the port"
+    assert httpx.get(service.process.url + "/v2/health/ready", timeout=30).json() == {"ready": True}
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", service.dicom_port, ae_title="CXR_SERVE")
