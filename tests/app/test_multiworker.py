@@ -61,6 +61,18 @@ class Service:
         return {int(pid) for pid, rid in ACCESS.findall(self.process.log_text()) if rid in request_ids}
 
 
+def echo(port: int) -> int:
+    """C-ECHO to the DICOM node: its status (0 = success)."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXR_SERVE")
+    assert assoc.is_established, "nobody serves the DICOM port"
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, fullres_images) -> Iterator[Service]:
     folder = tmp_path_factory.mktemp("multiworker")
@@ -92,12 +104,7 @@ def test_ready_only_with_both_workers_on_one_model_and_one_dicom_listener(servic
     assert all(w["ready"] and w["version"] == body["model"]["version"] for w in workers)
     assert sorted(w["dicom_listener"] for w in workers) == [False, True], "exactly one worker binds the port"
     assert httpx.get(service.process.url + "/v2/health/ready", timeout=30).json() == {"ready": True}
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", service.dicom_port, ae_title="CXR_SERVE")
-    assert assoc.is_established
-    assert int(assoc.send_c_echo().Status) == 0
-    assoc.release()
+    assert echo(service.dicom_port) == 0
     log = service.process.log_text()
     assert "2 worker process(es): CXR_WORKERS=2" in log
     assert "CXR_DECODE_THREADS=" in log and "TF_NUM_INTRAOP_THREADS=" in log
@@ -135,11 +142,13 @@ def test_a_reload_reaches_every_worker_and_a_refused_one_reaches_none(service):
     assert ready["model"]["version"] == target and {w["version"] for w in ready["workers"]} == {target}
 
 
-def test_kill_9_of_a_worker_is_replaced_and_its_counts_stay(service):
+def test_kill_9_of_a_worker_is_replaced_its_counts_stay_and_the_dicom_port_moves(service):
     answers = service.predict(6)
     assert [r.status_code for r in answers] == [200] * 6
-    victim = min(service.pids_of({r.headers["X-Request-ID"] for r in answers}))  # it answered some
-    version = service.ready().json()["model"]["version"]
+    ready = service.ready().json()
+    version = ready["model"]["version"]
+    # the DICOM listener (both workers answered requests above: whichever dies, it leaves counts behind)
+    victim = next(w["pid"] for w in ready["workers"] if w["dicom_listener"])
     total = service.predict_count()
     os.kill(victim, signal.SIGKILL)
 
@@ -163,7 +172,8 @@ def test_kill_9_of_a_worker_is_replaced_and_its_counts_stay(service):
     workers = body["workers"]
     assert len(workers) == 2 and all(w["ready"] and w["version"] == version for w in workers), \
         "the replacement serves the reloaded version, not CXR_MODEL_VERSION"
-    assert sum(w["dicom_listener"] for w in workers) == 1
+    assert sum(w["dicom_listener"] for w in workers) == 1, "another worker took the DICOM port over"
+    assert echo(service.dicom_port) == 0
     assert service.predict_count() == total, "the dead worker's counts are kept"
     answers = service.predict(6)
     assert [r.status_code for r in answers] == [200] * 6
