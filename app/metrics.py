@@ -71,22 +71,21 @@ class Metrics:
         self.audit_dropped = Counter("cxr_audit_records_dropped", "Audit records NOT stored, by reason "
                                      "(buffer_full, shutdown, closed, rejected)", ["reason"], registry=r)
         self.monitor_answers = Gauge("cxr_monitor_answers", "Answers of the active model in the window",
-                                 registry=r, multiprocess_mode=MONITOR)
+                                     registry=r, multiprocess_mode=MONITOR)
         self.monitor_refusals = Gauge("cxr_monitor_refusals", "Refusals in the window, by reason (error code)",
-                                      ["reason"],
-                                 registry=r, multiprocess_mode=MONITOR)
+                                      ["reason"], registry=r, multiprocess_mode=MONITOR)
         self.monitor_rate = Gauge("cxr_monitor_rate", "Rates in the window (positive_rate, sensitivity, "
                                   "specificity, ppv); NaN when there is nothing to divide by", ["rate"],
-                                 registry=r, multiprocess_mode=MONITOR)
+                                  registry=r, multiprocess_mode=MONITOR)
         self.monitor_confusion = Gauge("cxr_monitor_confusion", "Answers with a confirmed label in the window, by "
                                        "cell (tp, fp, tn, fn, uncertain)", ["cell"],
-                                 registry=r, multiprocess_mode=MONITOR)
+                                       registry=r, multiprocess_mode=MONITOR)
         self.monitor_psi = Gauge("cxr_monitor_psi", "Population stability index of P(positive) against the "
                                  "validation distribution (NaN when unavailable)",
                                  registry=r, multiprocess_mode=MONITOR)
         self.monitor_drift_band = Gauge("cxr_monitor_drift_band", "PSI band: 0 stable (< 0.1), 1 moderate "
                                         "(0.1-0.25), 2 significant (>= 0.25), -1 unavailable",
-                                 registry=r, multiprocess_mode=MONITOR)
+                                        registry=r, multiprocess_mode=MONITOR)
         # the DICOM node (labels never carry patient data: outcomes and codes only)
         self.dicom_received = Counter("cxr_dicom_images_received", "C-STORE requests received by the DICOM node, "
                                       "by outcome (accepted, not_ready, queue_full, shutting_down, not_allowed, "

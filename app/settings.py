@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     queue_limit: int = Field(256, ge=1, le=100_000, description="images waiting for the model before 503 + "
                              "Retry-After, e.g. 256")
     decode_threads: int = Field(default_factory=usable_cores, ge=1, le=64,
-                                description="threads decoding and preprocessing uploads, 1-64; unset: the number "
-                                "of CPU cores this process may use (e.g. 2)")
+                                description="threads decoding and preprocessing uploads, 1-64; unset: cxr-serve "
+                                "gives each worker its share of the CPUs it may use (CPUs / workers, e.g. 1)")
     runtime: Literal["auto", "keras", "keras-bf16", "tflite-int8", "keras-fp16"] = Field(
         "auto", description="how the model runs: auto (the fastest runtime that passes verification against the "
         "float32 model on this machine), keras (the float32 reference, no acceleration), keras-bf16 (oneDNN "
