@@ -76,6 +76,7 @@ class WorkerSync:
         self.extra: Callable[[], dict[str, Any]] | None = None  # more to report, e.g. the DICOM listener
         self._written: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_reap = 0.0
@@ -145,10 +146,11 @@ class WorkerSync:
                     **(self.extra() if self.extra is not None else {})}
 
     def write_state(self) -> None:
-        state = self.state()
-        if state != self._written:
-            _write_json(self.states / f"{self.pid}.json", state)
-            self._written = state
+        with self._write_lock:  # the sync thread and request threads: one writer of this worker's file at a time
+            state = self.state()
+            if state != self._written:
+                _write_json(self.states / f"{self.pid}.json", state)
+                self._written = state
 
     def live_states(self) -> list[dict[str, Any]]:
         """Every live worker's state, this one's fresh; dead workers' files are removed on the way."""
