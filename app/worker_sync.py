@@ -195,10 +195,19 @@ class WorkerSync:
         if self.expected is not None and len(states) < self.expected:
             return f"{len(states)} of {self.expected} workers up"
         models = {_model_key(s) for s in states}
-        if len(models) > 1:
+        if len(models) > 1 and not self._switching(states):
             return "workers serve different models (" + "; ".join(
                 f"worker {s['pid']}: {_model_key(s)}" for s in states) + ")"
         return None
+
+    def _switching(self, states: list[dict[str, Any]]) -> bool:
+        """A reload is on its way through the workers (published less than RELOAD_TIMEOUT_S ago, none failed it):
+        each worker serves the old or the new version, both ready, as one process does while it switches, so
+        readiness stays green instead of taking every replica out of service during a reload."""
+        target = _read_json(self.target_path)
+        if target is None or time.time() - float(target.get("published", 0)) > RELOAD_TIMEOUT_S:
+            return False
+        return not any((s.get("failed") or {}).get("generation") == target["generation"] for s in states)
 
     # -- reload everywhere -----------------------------------------------------------------------------
     def reload(self, version: int | str | None) -> tuple[ServingModel, list[dict[str, Any]]]:
@@ -210,7 +219,8 @@ class WorkerSync:
             generation = max(self.generation, int(current["generation"]) if current else 0) + 1
             with self._lock:
                 self.generation, self.failed = generation, None
-            _write_json(self.target_path, {"generation": generation, "version": new.version, "by": self.pid})
+            _write_json(self.target_path, {"generation": generation, "version": new.version, "by": self.pid,
+                                           "published": time.time()})
             log.info("worker %d published model v%d (reload generation %d)", self.pid, new.version, generation)
             return new, self._wait(generation, new, RELOAD_TIMEOUT_S)
 

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,8 +131,14 @@ def test_a_reload_reaches_every_worker_and_a_refused_one_reaches_none(service):
     assert refused.status_code == 404
     assert {w["version"] for w in service.ready().json()["workers"]} == {before}
 
-    reloaded = service.post("/admin/reload", json={"version": int(target)})
+    with ThreadPoolExecutor(1) as pool:  # readiness polled all through the reload: it stays green
+        done = threading.Event()
+        probes = pool.submit(lambda: [service.ready().status_code for _ in iter(done.is_set, True)])
+        reloaded = service.post("/admin/reload", json={"version": int(target)})
+        done.set()
+        statuses = probes.result()
     assert reloaded.status_code == 200, reloaded.text
+    assert statuses and set(statuses) == {200}, statuses
     body = reloaded.json()
     assert (body["previous"]["version"], body["active"]["version"]) == (before, target)
     assert len(body["workers"]) == 2 and all(w["version"] == target and w["ready"] for w in body["workers"])

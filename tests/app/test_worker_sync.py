@@ -3,14 +3,16 @@ of this process and its parent, both alive), with stand-in model managers."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from app.worker_sync import ReloadIncompleteError, WorkerSync
+from app.worker_sync import RELOAD_TIMEOUT_S, ReloadIncompleteError, WorkerSync
 
 
 @dataclass
@@ -102,3 +104,21 @@ def test_a_worker_that_cannot_follow_is_named_without_server_paths(pair):
     assert "/srv/models" not in message
     assert {w["version"] for w in incomplete.value.details["workers"]} == {"1", "2"}
     assert "different models" in here.not_ready_reason()
+
+
+def test_readiness_stays_green_while_a_reload_goes_through_and_not_after_a_failure(pair, tmp_path):
+    here, other = pair
+    other._stop.set()  # the other worker stops following: it keeps serving v2 for now
+    other._thread.join()
+    here.manager.reload(1)
+    (tmp_path / "model_target.json").write_text(json.dumps({"generation": 1, "version": 1, "by": here.pid,
+                                                            "published": time.time()}))
+    assert here.not_ready_reason() is None, "one worker on v1, one still on v2: a reload in progress"
+    other.failed = {"generation": 1, "error": "MemoryError"}
+    other.write_state()
+    assert "different models" in here.not_ready_reason()
+    other.failed = None
+    other.write_state()
+    (tmp_path / "model_target.json").write_text(json.dumps({"generation": 1, "version": 1, "by": here.pid,
+                                                            "published": time.time() - RELOAD_TIMEOUT_S - 1}))
+    assert "different models" in here.not_ready_reason(), "not switched in time"
