@@ -45,7 +45,6 @@ def start(name: str, port: int, env: dict[str, str], workdir: Path) -> Server:
     python = Path(sys.executable)
     serve = python.with_name("cxr-serve")
     argv = [str(serve)] if serve.exists() else [str(python), "-m", "app.cli"]
-    env = {"CXR_WORKERS": "1", **env}  # one worker unless the A/B sets CXR_WORKERS (README.md's figures)
     server = Server(name, argv, env, port, "/health/ready", workdir / f"{name}.log", batch_stats="metrics")
     server.start()
     return server

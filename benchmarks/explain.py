@@ -37,8 +37,7 @@ def start(env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     script = Path(sys.executable).parent / "cxr-serve"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-    # one worker unless CXR_WORKERS is set here: the figures in README.md name their worker count
-    env = {"CXR_WORKERS": "1", **os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_ACCESS_LOG": "false",
+    env = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_ACCESS_LOG": "false",
            "TF_CPP_MIN_LOG_LEVEL": "2", **env_extra}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -138,8 +138,7 @@ def build_servers(args: argparse.Namespace, workdir: Path) -> list[Server]:
     python = sys.executable
     serve = Path(python).with_name("cxr-serve")
     serve_argv = [str(serve)] if serve.exists() else [python, "-m", "app.cli"]
-    base_env = {"CXR_WORKERS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    # one worker unless CXR_WORKERS is set here: the figures in README.md name their worker count
+    base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
     def service_env(port: int, batch: int) -> dict[str, str]:
         env = {**base_env, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": args.model_store,

@@ -120,8 +120,7 @@ def rss_mib(pid: int) -> float:
 
 def start_server(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    # one worker unless CXR_WORKERS is set here: the figures in README.md name their worker count
-    env = {"CXR_WORKERS": "1", **os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_DEVICE": "cpu",
+    env = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_DEVICE": "cpu",
            "CXR_ACCESS_LOG": "false", "CXR_LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "2"}
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app.cli"], cwd=REPO, env=env, stdout=log,
