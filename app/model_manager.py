@@ -118,6 +118,11 @@ class ModelManager:
             raise NotReadyError(self.not_ready_reason() or "model not ready")
         return model
 
+    @property
+    def loaded(self) -> ServingModel | None:
+        """The active model, None until the start-up load has finished; never raises (state reports)."""
+        return self._current
+
     def not_ready_reason(self) -> str | None:
         if self.shutting_down:
             return "shutting down"

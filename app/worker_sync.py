@@ -121,6 +121,8 @@ class WorkerSync:
     def _apply(self, target: dict[str, Any] | None) -> None:
         if target is None or int(target["generation"]) <= self.generation:
             return
+        if self.manager.loaded is None:
+            return  # the start-up load first (it would replace the reloaded model); the next poll applies it
         generation, version = int(target["generation"]), int(target["version"])
         log.info("worker %d: loading model v%d (reload generation %d, published by worker %s)", self.pid,
                  version, generation, target.get("by"))
@@ -137,7 +139,7 @@ class WorkerSync:
 
     # -- state files -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        model = self.manager._current
+        model = self.manager.loaded
         reason = self.not_ready()
         with self._lock:
             return {"pid": self.pid, "ready": reason is None, "reason": reason, "generation": self.generation,

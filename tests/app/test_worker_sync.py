@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from app import worker_sync
 from app.worker_sync import RELOAD_TIMEOUT_S, ReloadIncompleteError, WorkerSync
 
 
@@ -35,6 +36,10 @@ class Manager:
     fails: str | None = None  # the error a reload raises
     start_version: int | str | None = None
     registry: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(root=Path("/srv/models")))
+
+    @property
+    def loaded(self) -> Model | None:
+        return self._current
 
     def not_ready_reason(self) -> str | None:
         return None if self._current is not None else "model loading"
@@ -122,3 +127,16 @@ def test_readiness_stays_green_while_a_reload_goes_through_and_not_after_a_failu
     (tmp_path / "model_target.json").write_text(json.dumps({"generation": 1, "version": 1, "by": here.pid,
                                                             "published": time.time() - RELOAD_TIMEOUT_S - 1}))
     assert "different models" in here.not_ready_reason(), "not switched in time"
+
+
+def test_a_worker_still_loading_at_start_up_applies_a_reload_after_its_load(pair, monkeypatch):
+    here, other = pair
+    other.manager._current = None  # its start-up load is still running: a reload now would be overwritten by it
+    monkeypatch.setattr(worker_sync, "RELOAD_TIMEOUT_S", 0.7)
+    with pytest.raises(ReloadIncompleteError, match=f"worker {os.getppid()} still serves no model"):
+        here.reload(1)
+    other.manager._current = Model(2)  # the start-up load finishes: the next poll applies the reload
+    deadline = time.monotonic() + 10
+    while other.manager._current != Model(1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert other.manager._current == Model(1) and here.not_ready_reason() is None
