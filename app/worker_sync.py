@@ -112,15 +112,17 @@ class WorkerSync:
         while not self._stop.wait(POLL_S):
             try:
                 self._apply(_read_json(self.target_path))  # a small file in the page cache: microseconds
+                self.write_state()
+                if time.monotonic() - self._last_reap > 2.0:
+                    self.reap()
             except Exception:  # the thread must outlive any one bad poll
                 log.exception("worker %d: model sync poll failed", self.pid)
-            self.write_state()
-            if time.monotonic() - self._last_reap > 2.0:
-                self.reap()
 
     def _apply(self, target: dict[str, Any] | None) -> None:
         if target is None or int(target["generation"]) <= self.generation:
             return
+        if self.failed is not None and self.failed["generation"] == int(target["generation"]):
+            return  # tried once and said so; the next reload publishes a new generation
         if self.manager.loaded is None:
             return  # the start-up load first (it would replace the reloaded model); the next poll applies it
         generation, version = int(target["generation"]), int(target["version"])

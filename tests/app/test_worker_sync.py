@@ -99,7 +99,7 @@ def test_a_refused_reload_publishes_nothing(pair, tmp_path):
     assert not (tmp_path / "model_target.json").exists() and other.manager._current == Model(2)
 
 
-def test_a_worker_that_cannot_follow_is_named_without_server_paths(pair):
+def test_a_worker_that_cannot_follow_is_named_without_server_paths(pair, tmp_path):
     here, other = pair
     other.manager.fails = "no room for /srv/models/pneumonia/1"
     with pytest.raises(ReloadIncompleteError) as incomplete:
@@ -109,6 +109,9 @@ def test_a_worker_that_cannot_follow_is_named_without_server_paths(pair):
     assert "/srv/models" not in message
     assert {w["version"] for w in incomplete.value.details["workers"]} == {"1", "2"}
     assert "different models" in here.not_ready_reason()
+    other.manager.fails = None
+    other._apply(json.loads((tmp_path / "model_target.json").read_text()))  # what each poll does
+    assert other.manager._current == Model(2), "a failed generation is not retried on every poll"
 
 
 def test_readiness_stays_green_while_a_reload_goes_through_and_not_after_a_failure(pair, tmp_path):
