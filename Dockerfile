@@ -26,12 +26,14 @@ RUN pip install --no-cache-dir --no-deps . \
 FROM ${PYTHON_IMAGE} AS runtime
 # The default model store. Mount a volume here to serve other versions (compose does, with a named volume
 # that Docker seeds from this folder on first use); cxr-train writes <store>/pneumonia/<N>/model.h5.
+# CXR_WORKERS=auto: one worker process per CPU the container may use (its cgroup CPU quota, e.g. --cpus or a
+# Kubernetes limit, included; at most 8, 1 with a GPU); each holds its own model copy (~0.9 GiB).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     CXR_HOST=0.0.0.0 \
     CXR_PORT=8000 \
-    CXR_WORKERS=1 \
+    CXR_WORKERS=auto \
     CXR_MODEL_STORE=/models \
     CXR_AUDIT_PATH=/var/lib/cxr-serve/audit.db \
     KERAS_HOME=/tmp/keras \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -14,9 +15,13 @@ import uvicorn
 
 from app.logs import configure_logging
 from app.main import create_app
+from app.metrics import multiprocess_dir
 from app.model_manager import configured_point_problem
+from app.rundir import METRICS_SUBDIR, RUN_DIR_ENV, created_run_dir
 from app.settings import Settings, SettingsError
 from app.tls import uvicorn_options
+from app.worker_sync import WORKER_COUNT_ENV
+from app.workers import SHARED_THREADS, WorkerPlan, plan_workers, share_environment
 
 log = logging.getLogger("cxr.serve")
 
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "these flags override the most common ones.")
     parser.add_argument("--host", help="overrides CXR_HOST (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="overrides CXR_PORT (default 8000)")
-    parser.add_argument("--workers", type=int, help="overrides CXR_WORKERS (default 1)")
+    parser.add_argument("--workers", help="overrides CXR_WORKERS: auto (default) or 1-64")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
@@ -65,13 +70,33 @@ def main(argv: list[str] | None = None) -> int:
               **uvicorn_options(settings.tls_cert, settings.tls_key)}
     if settings.tls_cert is not None:
         log.info("HTTPS on %s:%d (certificate %s, TLS 1.2 or newer)", settings.host, settings.port, settings.tls_cert)
-    if settings.workers > 1:
-        # each worker builds its own app (and model) from the environment
-        uvicorn.run("app.main:create_app_from_env", factory=True, workers=settings.workers, **common)
+    plan = plan_workers(settings.workers, settings.device, settings.runtime)
+    shares = share_environment(plan, dict(os.environ))
+    os.environ.update(shares)  # before TensorFlow is imported: it reads TF_NUM_INTRAOP_THREADS once
+    log.info("%d worker process(es): %s; threads per worker: %s", plan.workers, plan.reason, ", ".join(
+        f"{name}={os.environ.get(name)}" + ("" if name in shares else " (set by you)") for name in SHARED_THREADS))
+    if plan.workers > 1:
+        run_workers(plan, common)
         return 0
+    for name in (RUN_DIR_ENV, "PROMETHEUS_MULTIPROC_DIR"):  # one process shares nothing
+        os.environ.pop(name, None)
+    if "CXR_DECODE_THREADS" in shares:  # the settings were read before the share was known
+        settings = settings.model_copy(update={"decode_threads": int(shares["CXR_DECODE_THREADS"])})
     server = Server(uvicorn.Config(create_app(settings), **common))
     server.run()
     return 0
+
+
+def run_workers(plan: WorkerPlan, common: dict[str, object]) -> None:
+    """Several uvicorn workers, each building its own app (and model) from the environment, which names the run
+    directory they share (app.rundir). Set before the workers start, so their prometheus_client imports see it."""
+    with created_run_dir() as folder:
+        if multiprocess_dir() is not None:
+            log.info("PROMETHEUS_MULTIPROC_DIR is replaced by this run's own folder")
+        os.environ.update({RUN_DIR_ENV: str(folder), "PROMETHEUS_MULTIPROC_DIR": str(folder / METRICS_SUBDIR),
+                           WORKER_COUNT_ENV: str(plan.workers)})
+        log.info("the workers share %s (metrics, model state, locks, rate-limit buckets)", folder)
+        uvicorn.run("app.main:create_app_from_env", factory=True, workers=plan.workers, **common)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -56,6 +58,7 @@ from app.dataplane import DataPlane, Prediction
 from app.errors import ServiceError, classify
 from app.explain import ExplanationUnavailableError
 from app.metrics import Metrics
+from app.rundir import lock_path, try_lock
 from app.settings import Settings
 from app.tls import describe_refusal, destination_tls_args, serve_dicom
 
@@ -113,6 +116,7 @@ class DicomNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ae: AE | None = None
         self._server: Any = None
+        self._listener_lock: int | None = None  # the election lock's descriptor, where this worker holds it
         self._tls_args: Any = None  # (ssl.SSLContext, host) when SRs go over DICOM TLS
         self._sender: threading.Thread | None = None
         self._jobs = itertools.count(1)
@@ -143,14 +147,58 @@ class DicomNode:
         self._sender = threading.Thread(target=self._send_loop, name="dicom-sender", daemon=True)
         self._sender.start()
         if s.dicom_port is not None:  # else STOW-RS is the only way in
-            self._server = serve_dicom(ae, s, [(evt.EVT_C_STORE, self._on_store),
-                                               (evt.EVT_REJECTED, self._on_rejected)], on_refused=self._on_tls_refused)
+            self._elect_listener()
         tls_in = " over DICOM TLS" if s.dicom_tls_cert is not None else ""
         log.info("DICOM node %s: C-STORE in %s, STOW-RS in %s; results (heatmap %s) go to %s%s", s.dicom_ae_title,
                  f"on {s.host}:{s.dicom_port}{tls_in}" if s.dicom_port is not None else "off",
                  "on" if s.dicomweb_receive else "off", s.dicom_heatmap,
                  ", ".join(name for name, _ in self._destinations),
                  " (C-STORE over DICOM TLS)" if self._tls_args else "")
+
+    def _elect_listener(self) -> None:
+        """The C-STORE port can be bound once: with several workers the one holding ``dicom-listener.lock`` in
+        the run directory binds it, for its whole life; the others wait on the lock in a thread, so one of them
+        (or the replacement uvicorn starts) takes the port over when the holder dies. STOW-RS (HTTP) and the SR
+        sender work in every worker."""
+        lock = lock_path("dicom-listener")
+        if lock is None:
+            self._listen()
+            return
+        fd = try_lock(lock)
+        if fd is not None:
+            self._listener_lock = fd
+            self._listen()
+            return
+        log.info("DICOM C-STORE port %s is served by another worker; this one takes it over if that one stops",
+                 self.settings.dicom_port)
+        threading.Thread(target=self._wait_for_listener, args=(lock,), name="dicom-listener-election",
+                         daemon=True).start()
+
+    def _wait_for_listener(self, lock: Path) -> None:
+        fd = try_lock(lock, blocking=True)
+        with self._lock:
+            if fd is None or self._stopping.is_set():
+                if fd is not None:
+                    os.close(fd)
+                return
+            self._listener_lock = fd
+            try:
+                self._listen()
+            except Exception:
+                log.exception("this worker could not take over the DICOM C-STORE port %s", self.settings.dicom_port)
+                return
+        log.info("this worker took over the DICOM C-STORE port %s", self.settings.dicom_port)
+
+    def _listen(self) -> None:
+        assert self._ae is not None
+        self._server = serve_dicom(self._ae, self.settings, [(evt.EVT_C_STORE, self._on_store),
+                                                             (evt.EVT_REJECTED, self._on_rejected)],
+                                   on_refused=self._on_tls_refused)
+
+    @property
+    def listening(self) -> bool:
+        """This process serves the C-STORE port."""
+        return self._server is not None
 
     def _open_destinations(self) -> None:
         s = self.settings
@@ -169,7 +217,9 @@ class DicomNode:
             return "DICOM node shutting down"
         if self._ae is None:
             return "DICOM node not started"
-        if self.settings.dicom_port is not None and (self._server is None or not self._server_thread_alive()):
+        if self._listener_lock is None and lock_path("dicom-listener") is not None:
+            pass  # another worker holds the C-STORE port: its own readiness says how it does
+        elif self.settings.dicom_port is not None and (self._server is None or not self._server_thread_alive()):
             return "DICOM node listener stopped"
         if self._sender is None or not self._sender.is_alive():
             return "DICOM node sender stopped"
@@ -188,7 +238,8 @@ class DicomNode:
         if self._ae is None or self._stopping.is_set():  # not started, or already stopped
             return
         deadline = time.monotonic() + timeout
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         if self._server is not None:
             self._server.shutdown()  # no new associations; open ones get 0xA700 for further images
         with self._idle:

@@ -21,7 +21,10 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_manager import ModelManager
 from app.routes import include_routers
+from app.routes.health import local_not_ready_reason
+from app.rundir import run_dir
 from app.settings import Settings
+from app.worker_sync import WorkerSync
 
 log = logging.getLogger("cxr.app")
 
@@ -44,14 +47,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from app.dicom_node import DicomNode  # pynetdicom is loaded only where a DICOM node is configured
 
         dicom_node = DicomNode(settings, dataplane, metrics, audit=audit)
+    folder = run_dir()  # several workers (cxr-serve): they keep each other's model in step
+    sync = WorkerSync.from_env(folder, manager, lambda: local_not_ready_reason(app)) if folder is not None else None
+    if sync is not None and dicom_node is not None:
+        sync.extra = lambda: {"dicom_listener": dicom_node.listening}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if sync is not None:
+            sync.adopt_target()
         loader = threading.Thread(target=manager.load_initial_logged, name="model-loader", daemon=True)
         loader.start()
         audit.start(manager)
         if dicom_node is not None:
             dicom_node.start(asyncio.get_running_loop())
+        if sync is not None:
+            sync.start()
         try:
             yield
         finally:
@@ -62,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(dataplane.close)
             # last: the answers drained above are recorded too
             await asyncio.to_thread(audit.close, settings.audit_flush_timeout_s)
+            if sync is not None:
+                await asyncio.to_thread(sync.stop)
 
     app = FastAPI(title="cxr-serve", version="0.1.0", lifespan=lifespan,
                   description="Pneumonia screening for chest X-rays. Decision support for qualified readers; "
@@ -73,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit = audit
     app.state.access = access
     app.state.dicom_node = dicom_node
+    app.state.worker_sync = sync
     install_error_handlers(app)
     include_routers(app)
 
@@ -95,5 +109,5 @@ def create_app_from_env() -> FastAPI:
     from app.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, pid=run_dir() is not None)
     return create_app(settings)

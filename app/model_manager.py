@@ -106,6 +106,8 @@ class ModelManager:
         self._reload_lock = threading.Lock()
         self.shutting_down = False
         self.load_error: str | None = None
+        # the version the start-up load serves; a worker joining after a reload is given the published one
+        self.start_version: int | str | None = settings.model_version
 
     # -- state -----------------------------------------------------------------------------------------
     @property
@@ -115,6 +117,11 @@ class ModelManager:
         if model is None or not model.batcher.running:
             raise NotReadyError(self.not_ready_reason() or "model not ready")
         return model
+
+    @property
+    def loaded(self) -> ServingModel | None:
+        """The active model, None until the start-up load has finished; never raises (state reports)."""
+        return self._current
 
     def not_ready_reason(self) -> str | None:
         if self.shutting_down:
@@ -167,7 +174,7 @@ class ModelManager:
     def load_initial(self) -> None:
         self.gpu = configure_device(self.settings.device)
         self.gate = load_gate(self.settings)
-        self._activate(self.build(self.settings.model_version))
+        self._activate(self.build(self.start_version))
 
     def load_initial_logged(self) -> None:
         """Start-up load (background thread). A failure is logged once, clearly, and turns both readiness and

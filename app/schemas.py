@@ -100,10 +100,18 @@ class BatchResponse(BaseModel):
     results: list[BatchItem]
 
 
+class WorkerState(BaseModel):
+    pid: int
+    version: str | None = Field(description="the model version it serves; null while none is loaded")
+    ready: bool
+    dicom_listener: bool | None = Field(None, description="it serves the DICOM C-STORE port (where configured)")
+
+
 class Health(BaseModel):
     status: str
     reason: str | None = None
     model: ModelRef | None = None
+    workers: list[WorkerState] | None = Field(None, description="with several worker processes, each one's state")
 
 
 class VersionInfo(BaseModel):

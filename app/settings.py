@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 "
                       "(containers); beyond loopback, protected routes need API keys or sign-on configured")
     port: int = Field(8000, ge=1, le=65535, description="TCP port, 1-65535, e.g. 8000")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, 1-64 (each loads the model)")
+    workers: int | Literal["auto"] = Field("auto", description="uvicorn worker processes: auto (the CPUs this "
+                                           "process may use, cgroup CPU quota included, at most 8; 1 where a GPU is "
+                                           "used) or 1-64; each holds its own model copy (~0.9 GiB)")
 
     model_store: Path = Field(DEFAULT_STORE, description="folder holding <name>/<version>/model.h5, e.g. "
                               "/models; default: the model_store/ package folder (the shipped model)")
@@ -70,8 +72,8 @@ class Settings(BaseSettings):
     queue_limit: int = Field(256, ge=1, le=100_000, description="images waiting for the model before 503 + "
                              "Retry-After, e.g. 256")
     decode_threads: int = Field(default_factory=usable_cores, ge=1, le=64,
-                                description="threads decoding and preprocessing uploads, 1-64; unset: the number "
-                                "of CPU cores this process may use (e.g. 2)")
+                                description="threads decoding and preprocessing uploads, 1-64; unset: cxr-serve "
+                                "gives each worker its share of the CPUs it may use (CPUs / workers, e.g. 1)")
     runtime: Literal["auto", "keras", "keras-bf16", "tflite-int8", "keras-fp16"] = Field(
         "auto", description="how the model runs: auto (the fastest runtime that passes verification against the "
         "float32 model on this machine), keras (the float32 reference, no acceleration), keras-bf16 (oneDNN "
@@ -226,6 +228,13 @@ class Settings(BaseSettings):
     @classmethod
     def lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def check_workers(cls, value: object) -> object:
+        from app.workers import parse_workers
+
+        return parse_workers(value)
 
     @field_validator("api_keys", "cors_origins", "gate_header_rules", mode="before")
     @classmethod

@@ -59,6 +59,11 @@ def wait_ready(app: FastAPI, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+# CXR_WORKERS defaults to auto (one worker per core): tests not about workers start one, and so save the
+# start-up and memory of the others. Tests about workers pass their own CXR_WORKERS.
+ONE_WORKER = {"CXR_WORKERS": "1"}
+
+
 def service_command() -> list[str]:
     """The ``cxr-serve`` console script of this environment (``python -m app.cli`` where it is not installed)."""
     script = Path(sys.executable).parent / "cxr-serve"
@@ -114,9 +119,10 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int
 def start_service_process(log: Path, env: dict[str, str], *, port: int | None = None,
                           scheme: str = "http") -> ServiceProcess:
     """``cxr-serve`` (this environment's console script) as a real process on ``port`` (a free loopback port by
-    default) with the environment ``env`` (CXR_HOST defaults to loopback); its output appended to ``log``."""
+    default) with the environment ``env`` (CXR_HOST defaults to loopback); its output appended to ``log``.
+    One worker process unless ``env`` names CXR_WORKERS: each worker loads the model (CPU time and ~0.9 GiB)."""
     port = port or free_port()
-    environment = {"CXR_HOST": "127.0.0.1", **env, "CXR_PORT": str(port)}
+    environment = {"CXR_HOST": "127.0.0.1", **ONE_WORKER, **env, "CXR_PORT": str(port)}
     with log.open("ab") as handle:
         process = subprocess.Popen(service_command(), cwd=REPO_ROOT, env=environment, stdout=handle,
                                    stderr=subprocess.STDOUT)

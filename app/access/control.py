@@ -14,8 +14,9 @@ import logging
 from app.access import keyfile
 from app.access.caller import OPEN_CALLER, SCOPES, Caller
 from app.access.oidc import OidcVerifier, looks_like_jwt
-from app.access.ratelimit import RateLimiter, parse_rate
+from app.access.ratelimit import rate_limiter
 from app.errors import UnauthorizedError
+from app.rundir import run_dir
 from app.settings import Settings
 
 log = logging.getLogger("cxr.access")
@@ -50,7 +51,7 @@ class AccessControl:
                                  audience=str(settings.oidc_audience), roles_claim=settings.oidc_roles_claim,
                                  cooldown_s=settings.oidc_jwks_cooldown_s) \
             if settings.oidc_jwks else None
-        self.limiter = RateLimiter(*parse_rate(settings.rate_limit)) if settings.rate_limit else None
+        self.limiter = rate_limiter(settings.rate_limit, run_dir())
         self.protect_metrics = settings.protect_metrics
         self.enforced = bool(self.legacy or self.key_file or self.oidc)
         self.exposed = exposed = not is_loopback(settings.host)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQL
 
 from app.audit import store
 from app.audit.models import RECORD_COLUMNS, AuditRecord
+from app.rundir import file_lock, lock_path
 
 log = logging.getLogger("cxr.audit")
 
@@ -206,7 +207,8 @@ class AuditWriter:
 
     def _migrate(self) -> None:
         if self.migrate:
-            store.upgrade(self.engine)
+            with file_lock(lock_path("audit-migrate")):  # workers of one cxr-serve: one migrates, then none
+                store.upgrade(self.engine)
         else:
             store.ping(self.engine)
         self.migrated = True

@@ -1,4 +1,6 @@
-"""POST /admin/reload: load another model version beside the active one, then switch with no downtime."""
+"""POST /admin/reload: load another model version beside the active one, then switch with no downtime. With
+several worker processes the one that receives it reloads first (so a refusal, e.g. 409, changes nothing
+anywhere), then every other worker follows (app.worker_sync); the answer lists them all."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from pydantic import BaseModel, Field
 
 from app.dependencies import ManagerDep
 from app.errors import InvalidInputError, ModelNotFound, OperatingPointUnavailableError, ServiceError
-from app.schemas import ErrorResponse, ModelRef
+from app.schemas import ErrorResponse, ModelRef, WorkerState
 from app.security import access_of
+from app.worker_sync import ReloadIncompleteError
 from model_store.artifact import ArtifactError
 from model_store.registry import ModelNotFoundError
 
@@ -26,6 +29,8 @@ class ReloadRequest(BaseModel):
 class ReloadResponse(BaseModel):
     previous: ModelRef
     active: ModelRef
+    workers: list[WorkerState] | None = Field(None, description="with several worker processes: each one, all "
+                                              "serving the active version")
 
 
 class ReloadFailedError(ServiceError):
@@ -38,8 +43,16 @@ async def reload(request: Request, manager: ManagerDep, body: ReloadRequest | No
     access_of(request).reload()  # a reload also re-reads the API key file
     previous = manager.current.describe()
     version = body.version if body else None
+    sync = request.app.state.worker_sync
+    workers = None
     try:
-        active = await asyncio.to_thread(manager.reload, version)
+        if sync is None:
+            active = await asyncio.to_thread(manager.reload, version)
+        else:
+            active, workers = await asyncio.to_thread(sync.reload, version)
+    except ReloadIncompleteError as exc:
+        log.error("reload to %s incomplete: %s", version or "latest", exc.message)
+        raise
     except ModelNotFoundError as exc:  # message without the store's path
         available = manager.registry.versions(previous["name"])
         raise ModelNotFound(f"model {previous['name']!r} has no version {version} (available: {available}); "
@@ -57,4 +70,7 @@ async def reload(request: Request, manager: ManagerDep, body: ReloadRequest | No
                                 "keeps serving") from exc
     log.info("reloaded: %s v%s -> v%s (by %s)", previous["name"], previous["version"], active.version,
              request.state.caller.name)
-    return {"previous": previous, "active": active.describe()}
+    answer: dict[str, object] = {"previous": previous, "active": active.describe()}
+    if workers is not None:
+        answer["workers"] = workers
+    return answer

@@ -104,6 +104,9 @@ async def server_live(request: Request) -> JSONResponse:
 @open_router.get("/health/ready", summary="Server ready", responses={503: {"description": "not ready"}})
 async def server_ready(request: Request) -> JSONResponse:
     ready = _manager(request).not_ready_reason() is None and request.app.state.audit.not_ready_reason() is None
+    sync = request.app.state.worker_sync  # several workers: every one of them, on one model (app.worker_sync)
+    if ready and sync is not None:
+        ready = await asyncio.to_thread(sync.not_ready_reason) is None
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 

@@ -27,8 +27,8 @@ log = logging.getLogger("cxr.runtimes")
 
 
 def compute_threads() -> int:
-    """TF_NUM_INTRAOP_THREADS where set (the deployment sets it to the pod's CPU limit, which the affinity mask
-    does not show), else the cores this process may run on."""
+    """TF_NUM_INTRAOP_THREADS where set (cxr-serve sets it to each worker's share of the CPUs, its cgroup quota
+    included, which the affinity mask does not show: app.workers), else the cores this process may run on."""
     configured = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
     if configured.isdigit() and int(configured) > 0:
         return int(configured)

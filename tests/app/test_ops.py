@@ -74,7 +74,7 @@ def test_defaults_serve_the_shipped_model_on_the_cpu(monkeypatch):
     settings = Settings()
     assert settings.model_store == DEFAULT_STORE and settings.model_name == "pneumonia"
     assert settings.model_version is None  # latest
-    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, "auto")
     assert settings.batch_size_for(gpu=False) == CPU_DEFAULT_BATCH
     assert settings.batch_size_for(gpu=True) == GPU_DEFAULT_BATCH
     assert settings.api_keys == [] and settings.cors_origins == []

@@ -148,7 +148,8 @@ def test_server_accepts_the_settings(source, image_store, monkeypatch):
     settings = _settings(env, image_store, monkeypatch)
     assert settings.host == "0.0.0.0", "reachable from outside the container"
     assert settings.port == 8000
-    assert settings.workers == 1, "one process per container, so one batcher sees every request"
+    # auto: a worker per CPU of the container's quota (1 with a GPU); tests/app/test_workers.py covers how
+    assert settings.workers == "auto", "every core used: one process is GIL-bound"
 
 
 def test_shutdown_fits_in_every_grace_period(image_store, monkeypatch):
@@ -214,6 +215,8 @@ def test_serves_like_the_image_and_stops_cleanly_on_sigterm(image_store, tmp_pat
     env |= {"CXR_HOST": "127.0.0.1", "CXR_PORT": str(port), "CXR_MODEL_STORE": str(image_store),
             "KERAS_HOME": str(tmp_path / "keras"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
             "CXR_GRACEFUL_TIMEOUT": "10", "CXR_API_KEYS": LONG_KEY,
+            # The image runs CXR_WORKERS=auto; one worker here (tests/app/test_multiworker.py runs several).
+            "CXR_WORKERS": "1",
             # The image's audit volume (CXR_AUDIT_PATH=/var/lib/cxr-serve/...), here a folder of the test.
             "CXR_AUDIT_PATH": str(tmp_path / "audit" / "audit.db"),
             # The image's user has no home (useradd --home-dir /nonexistent): nothing may need one.

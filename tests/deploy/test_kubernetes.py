@@ -11,6 +11,8 @@ import yaml
 from deploy_helpers import KUSTOMIZATIONS, KustomizeError, by_kind, image_env, render_kustomization
 from kubernetes_validate.utils import latest_version
 
+from app.workers import AUTO_MAX
+
 # The oldest Kubernetes these manifests promise to work on, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ["1.29", latest_version()]
 POD_LABELS = {"app.kubernetes.io/name": "cxr-serve", "app.kubernetes.io/component": "api"}
@@ -91,6 +93,10 @@ def test_deployment(renders, render):
     assert spec["terminationGracePeriodSeconds"] > int(pre_stop[1]) + drain, "preStop, drain, audit flush, SIGKILL"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
+    limits = container["resources"]["limits"]
+    if "nvidia.com/gpu" not in limits:  # CXR_WORKERS=auto: a worker per CPU of the limit, each ~0.9 GiB
+        workers = min(AUTO_MAX, int(float(limits["cpu"])))
+        assert float(limits["memory"].removesuffix("Gi")) >= workers * 0.9 + 0.5, "room for every worker's model"
     (config,) = container["envFrom"]
     assert config["configMapRef"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
     audit_url = next(e for e in container["env"] if e["name"] == "CXR_AUDIT_URL")["valueFrom"]["secretKeyRef"]
@@ -126,7 +132,9 @@ def test_configmap_settings(renders, render):
     data = by_kind(renders[render])["ConfigMap"]["data"]
     assert all(isinstance(v, str) for v in data.values()), "ConfigMap values are strings"
     assert data["CXR_HOST"] == "0.0.0.0"
-    assert data["CXR_WORKERS"] == "1", "one process per pod; scale with replicas"
+    assert data["CXR_WORKERS"] == "auto", "a worker per CPU of the pod's limit (its cgroup quota)"
+    if data["CXR_DEVICE"] != "gpu":  # on the GPU auto is one worker, with the overlay's own thread count
+        assert "TF_NUM_INTRAOP_THREADS" not in data, "cxr-serve gives each worker its share of the limit"
     assert data["CXR_MODEL_STORE"] == image_env("cpu")["CXR_MODEL_STORE"]
     assert data["CXR_PORT"] == image_env("cpu")["CXR_PORT"]
 

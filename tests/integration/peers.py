@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import free_port, stop_process
+from app_harness import ONE_WORKER, free_port, stop_process
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -193,9 +193,9 @@ class CxrServe:
 
 def start_cxr_serve(log: Path, *, http_port: int, dicom_port: int, **env: str) -> CxrServe:
     """``python -m app.cli`` (what the ``cxr-serve`` script runs) with the DICOM node on; waits until ready."""
-    environment = {**os.environ, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(http_port), "CXR_DEVICE": "cpu",
-                   "CXR_DICOM_PORT": str(dicom_port), "CXR_LOG_LEVEL": "info", "TF_CPP_MIN_LOG_LEVEL": "2",
-                   "CXR_ACCESS_LOG": "true", **env}
+    environment = {**os.environ, **ONE_WORKER, "CXR_HOST": "127.0.0.1", "CXR_PORT": str(http_port),
+                   "CXR_DEVICE": "cpu", "CXR_DICOM_PORT": str(dicom_port), "CXR_LOG_LEVEL": "info",
+                   "TF_CPP_MIN_LOG_LEVEL": "2", "CXR_ACCESS_LOG": "true", **env}
     environment.pop("CXR_MODEL_STORE", None)  # the shipped model
     process = spawn([sys.executable, "-m", "app.cli"], log, environment)
     url = f"http://127.0.0.1:{http_port}"

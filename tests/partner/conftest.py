@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import free_port, stop_process
+from app_harness import ONE_WORKER, free_port, stop_process
 
 from model_store.registry import DEFAULT_STORE, ModelRegistry
 
@@ -46,8 +46,8 @@ class LiveServer:
 
 def start_server(store: Path, log: Path, **env: str) -> LiveServer:
     port = free_port()
-    environment = {**os.environ, "CXR_PORT": str(port), "CXR_HOST": "127.0.0.1", "CXR_MODEL_STORE": str(store),
-                   "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    environment = {**os.environ, **ONE_WORKER, "CXR_PORT": str(port), "CXR_HOST": "127.0.0.1",
+                   "CXR_MODEL_STORE": str(store), "TF_CPP_MIN_LOG_LEVEL": "2", **env}
     handle = log.open("wb")
     process = subprocess.Popen([sys.executable, "-m", "app.cli"], env=environment, stdout=handle,
                                stderr=subprocess.STDOUT)
