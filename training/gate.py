@@ -140,8 +140,34 @@ def grouped_folds(data: GateSet, n_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-def score(model: Any, x: np.ndarray) -> np.ndarray:
-    return model.predict(x, batch_size=256, verbose=0)[:, GATE_CLASSES.index("chest_radiograph")]
+SCORE_RUNTIMES = ("keras", "tflite-int8")
+
+
+def score(model: Any, x: np.ndarray, runtime: str = "keras") -> np.ndarray:
+    """The chest-radiograph score of each image, computed the way serving will compute it: ``keras`` (float32;
+    served as TFLite float32, checked to 1e-4 of it at load) or ``tflite-int8`` (the dynamic-range int8
+    flatbuffer the service converts, one image per call as the decode threads call it)."""
+    positive = GATE_CLASSES.index("chest_radiograph")
+    if runtime == "keras":
+        return model.predict(x, batch_size=256, verbose=0)[:, positive]
+    from app.runtimes.lite import LiteInterpreter, convert_tflite  # the service's own conversion and interpreter
+
+    interpreter = LiteInterpreter(convert_tflite(model, quantize=True), (1, *x.shape[1:]))
+    return np.array([interpreter.run(x[i : i + 1])[0, positive] for i in range(len(x))], dtype=np.float32)
+
+
+def runtime_equivalence(reference: np.ndarray, scores: np.ndarray, data: GateSet, threshold: float
+                        ) -> dict[str, Any]:
+    """How another runtime's scores decide against float32's at ``threshold``: images whose decision changes
+    (by kind), those changed for the worse (a chest film refused, or anything else let through: any figure of
+    the validation gets worse by them) and the largest score difference."""
+    passed, passes = reference >= threshold, scores >= threshold
+    flipped = passed != passes
+    worse = flipped & np.where(data.y == ACCEPT, passed, passes)
+    kinds, counts = np.unique(data.kinds[flipped], return_counts=True)
+    return {"n": len(scores), "decision_flips": int(flipped.sum()), "worse": int(worse.sum()),
+            "flips_by_kind": {str(k): int(n) for k, n in zip(kinds, counts, strict=True)},
+            "max_abs_score_difference": round(float(np.abs(reference - scores).max()), 6)}
 
 
 def choose_gate_threshold(scores: np.ndarray, data: GateSet, max_refused: float) -> float:
@@ -203,6 +229,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="give a kind FACTOR times its share of its label's weight, e.g. chest_lateral=3")
     p.add_argument("--folds", type=int, default=5, help="grouped folds for validation (0 = skip validation)")
     p.add_argument("--max-refused", type=float, default=0.01, help="share of chest films the threshold may refuse")
+    p.add_argument("--score-runtime", choices=SCORE_RUNTIMES, default="keras",
+                   help="the runtime the out-of-fold scores, the threshold and the figures are computed with; "
+                        "the service runs the gate on the same one (tflite-int8: about a third of float32's cost)")
+    p.add_argument("--weights-from", type=int, metavar="VERSION",
+                   help="export this stored version's weights (no final fit) with this run's validation: "
+                        "re-validates a shipped gate under --score-runtime with the folds of its own recipe")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--store", default=str(DEFAULT_STORE))
     p.add_argument("--name", default="gate")
@@ -248,28 +280,65 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"spec": spec.to_dict(), "images": len(data),
                               "counts_by_kind": {str(k): int((data.kinds == k).sum()) for k in np.unique(data.kinds)},
                               "config": {k: v for k, v in vars(args).items() if k not in ("store", "out")}}
+    base = None
+    if args.weights_from is not None:
+        if args.score_runtime == "keras" or not args.folds:
+            raise SystemExit("--weights-from re-validates a stored gate under another runtime: give "
+                             "--score-runtime tflite-int8 and keep the folds (--folds > 0)")
+        from model_store.artifact import load_artifact
+
+        base = load_artifact(ModelRegistry(args.store).resolve(args.name, args.weights_from)[1])
+        report["weights_from"] = {"version": args.weights_from, "sha256": base.sha256}
     threshold = 0.5
     if args.folds:
         folds = grouped_folds(data, args.folds, args.seed)
         oof = np.zeros(len(data), np.float32)
+        oof_keras = np.zeros(len(data), np.float32)  # the float32 scores of the same fold models, for comparison
         for fold in range(args.folds):
             held = folds == fold
             log.info("fold %d/%d: holding out %s", fold + 1, args.folds,
                      sorted(set(data.sources[held]) - {"kermany"}))
             model = fit_gate(data.subset(np.flatnonzero(~held)), args.epochs, args.seed + fold, boost=boost,
                              head=args.head)
-            oof[held] = score(model, data.x[held])
-        threshold = choose_gate_threshold(oof, data, args.max_refused)
-        report["validation"] = {"method": f"{args.folds} folds grouped by source (whole sources held out; "
-                                          "pediatric films spread at random)",
-                                "held_out_sources": {int(f): sorted(set(data.sources[folds == f]) - {"kermany"})
-                                                     for f in range(args.folds)},
-                                **summarise(oof, data, threshold)}
-        np.savez_compressed(out / "oof_scores.npz", scores=oof, y=data.y, kinds=data.kinds, sources=data.sources)
-        log.info("out-of-fold: threshold %.4f, %s", threshold,
-                 {k: v for k, v in report["validation"].items() if k.endswith("rate") or k == "roc_auc"})
-    model = fit_gate(data, args.epochs, args.seed, boost=boost, head=args.head)
-    report["train_fit"] = summarise(score(model, data.x), data, threshold)
+            oof[held] = score(model, data.x[held], args.score_runtime)
+            oof_keras[held] = oof[held] if args.score_runtime == "keras" else score(model, data.x[held])
+        np.savez_compressed(out / "oof_scores.npz", scores=oof, scores_keras=oof_keras, y=data.y, kinds=data.kinds,
+                            sources=data.sources)
+        if base is None:
+            threshold = choose_gate_threshold(oof, data, args.max_refused)
+            report["validation"] = {"method": f"{args.folds} folds grouped by source (whole sources held out; "
+                                              "pediatric films spread at random)",
+                                    "runtime": args.score_runtime,
+                                    "held_out_sources": {int(f): sorted(set(data.sources[folds == f]) - {"kermany"})
+                                                         for f in range(args.folds)},
+                                    **summarise(oof, data, threshold)}
+            if args.score_runtime != "keras":
+                report["validation_keras_same_folds"] = summarise(oof_keras, data, choose_gate_threshold(
+                    oof_keras, data, args.max_refused))
+            log.info("out-of-fold: threshold %.4f, %s", threshold,
+                     {k: v for k, v in report["validation"].items() if k.endswith("rate") or k == "roc_auc"})
+        else:
+            # the stored gate's threshold and figures stand for the new runtime only if it decides no image worse
+            # than float32 does: out of fold (this run's fold models, same recipe; training is not bit for bit
+            # repeatable, so the folds differ a little from the stored run's) and with the stored weights
+            threshold = base.metadata.decision_threshold
+            equivalence = {
+                "out_of_fold_same_folds": runtime_equivalence(oof_keras, oof, data, threshold),
+                "stored_weights_every_image": runtime_equivalence(score(base.model, data.x), score(
+                    base.model, data.x, args.score_runtime), data, threshold)}
+            report["runtime_equivalence"] = equivalence
+            worse = sum(part["worse"] for part in equivalence.values())
+            (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+            if worse:
+                log.error("%s decides %d images worse than float32 at the stored threshold %.4f (%s): nothing "
+                          "exported; validate it on its own (without --weights-from)", args.score_runtime, worse,
+                          threshold, equivalence)
+                return 1
+            report["validation"] = dict(base.metadata.metrics["validation"])
+            log.info("%s decides no image worse than float32 at threshold %.4f (%s): the stored figures stand",
+                     args.score_runtime, threshold, equivalence)
+    model = base.model if base is not None else fit_gate(data, args.epochs, args.seed, boost=boost, head=args.head)
+    report["train_fit"] = summarise(score(model, data.x, args.score_runtime), data, threshold)
     report["seconds"] = round(time.perf_counter() - started, 1)
     validation = report.get("validation", {})
     metadata = ModelMetadata(
@@ -277,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         positive_class="chest_radiograph", decision_threshold=threshold,
         dataset={"accept": "Kermany pediatric train/ films + gate/adult_cxr", "refuse": "gate/not_cxr + generated",
                  "counts_by_kind": report["counts_by_kind"]},
-        metrics={"validation": {k: v for k, v in validation.items() if k not in ("per_source_refused_rate",)}},
+        metrics={"validation": {k: v for k, v in validation.items() if k not in ("per_source_refused_rate",)},
+                 # the runtime the service must score with (app.gate.GateModel): the figures hold for it
+                 **({"runtime": args.score_runtime} if args.score_runtime != "keras" else {}),
+                 **{key: report[key] for key in ("validation_keras_same_folds", "runtime_equivalence")
+                    if key in report}},
+        provenance={"weights_from": report["weights_from"]} if "weights_from" in report else {},
         training={"config": report["config"]},
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), code_version=code_version(),
     )

@@ -8,9 +8,17 @@ import json
 import numpy as np
 import pytest
 
+from app.gate import GateModel
 from model_store.artifact import load_artifact
 from model_store.preprocessing import preprocess
-from training.gate import choose_gate_threshold, grouped_folds, main, parse_boost, sample_weights
+from training.gate import (
+    choose_gate_threshold,
+    grouped_folds,
+    main,
+    parse_boost,
+    runtime_equivalence,
+    sample_weights,
+)
 from training.gate_data import SYNTHETIC_KINDS, GateSet, source_of, synthetic_negatives
 
 
@@ -88,6 +96,20 @@ def test_threshold_refuses_at_most_one_percent_of_either_chest_population():
     assert threshold == pytest.approx(0.05)  # 20 adults: 1% allows none refused
 
 
+def test_runtime_equivalence_counts_only_flips_that_make_a_figure_worse():
+    data = toy_set(n_kids=4)  # 4 children, then 60 refuse-labelled (ct, mr), then 20 adults
+    reference = np.where(data.y == 1, 0.9, 0.1)
+    scores = reference.copy()
+    scores[0] = 0.4  # a child float32 passes, refused: worse
+    scores[4] = 0.6  # a CT float32 refuses, let through: worse
+    reference[5], scores[5] = 0.6, 0.4  # an MR float32 lets through, refused: better
+    found = runtime_equivalence(reference, scores, data, threshold=0.5)
+    assert (found["decision_flips"], found["worse"]) == (3, 2)
+    assert found["flips_by_kind"] == {"pediatric_cxr": 1, "ct": 2}
+    assert found["max_abs_score_difference"] == pytest.approx(0.5)
+    assert runtime_equivalence(reference, reference, data, 0.5)["decision_flips"] == 0
+
+
 def test_synthetic_negatives_are_valid_images():
     rng = np.random.default_rng(0)
     films = rng.uniform(size=(3, 32, 32, 1)).astype(np.float32)
@@ -119,3 +141,21 @@ def test_tiny_gate_training_run_exports_a_loadable_artifact(tmp_path, gate_dir, 
     x = preprocess(image, meta.preprocessing)[None]
     again = load_artifact(store / "gate" / "3" / "model.h5")
     np.testing.assert_allclose(np.asarray(loaded.model(x)), np.asarray(again.model(x)), atol=1e-6)
+
+    # re-validating those weights under int8: the threshold and figures are kept only if int8 decides no image
+    # worse than float32; the service then runs the gate as int8, the runtime the artifact names
+    assert main(["--data", str(data_root), "--out", str(tmp_path / "int8"), "--input-size", "32",
+                 "--pediatric", "80", "--synthetic", "3", "--epochs", "1", "--folds", "2", "--store", str(store),
+                 "--score-runtime", "tflite-int8", "--weights-from", "3", "--version", "4"]) in (0, 1)
+    int8_report = json.loads((tmp_path / "int8" / "report.json").read_text())
+    checks = int8_report["runtime_equivalence"]
+    assert checks["stored_weights_every_image"]["n"] == report["images"]
+    if sum(part["worse"] for part in checks.values()):
+        assert not (store / "gate" / "4").exists()  # refused: nothing exported
+        return
+    int8 = load_artifact(store / "gate" / "4" / "model.h5")
+    assert int8.metadata.metrics["runtime"] == "tflite-int8"
+    assert int8.metadata.decision_threshold == meta.decision_threshold
+    assert int8.metadata.metrics["validation"] == meta.metrics["validation"]
+    assert int8.metadata.provenance["weights_from"] == {"version": 3, "sha256": loaded.sha256}
+    assert GateModel(int8, 4).runtime == "tflite-int8" and GateModel(loaded, 3).runtime == "tflite"
