@@ -125,7 +125,7 @@ class GateModel:
     saying so."""
 
     TOLERANCE = 1e-4
-    INT8_TOLERANCE = 0.05  # int8 weights and activations: the measured worst on the probes is ~0.01
+    INT8_TOLERANCE = 0.05  # int8 weights and activations: the worst on the 558 gate/ images is 0.012
 
     def __init__(self, artifact: LoadedArtifact, version: int) -> None:
         import tensorflow as tf
