@@ -265,6 +265,9 @@ def load_all(data_root: Path, spec: PreprocessingSpec, pediatric: int, synthetic
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.weights_from is not None and (args.score_runtime == "keras" or not args.folds):
+        raise SystemExit("--weights-from re-validates a stored gate under another runtime: give "
+                         "--score-runtime tflite-int8 and keep the folds (--folds > 0)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from model_store.artifact import ModelMetadata, save_artifact
     from training import code_version
@@ -282,9 +285,6 @@ def main(argv: list[str] | None = None) -> int:
                               "config": {k: v for k, v in vars(args).items() if k not in ("store", "out")}}
     base = None
     if args.weights_from is not None:
-        if args.score_runtime == "keras" or not args.folds:
-            raise SystemExit("--weights-from re-validates a stored gate under another runtime: give "
-                             "--score-runtime tflite-int8 and keep the folds (--folds > 0)")
         from model_store.artifact import load_artifact
 
         base = load_artifact(ModelRegistry(args.store).resolve(args.name, args.weights_from)[1])
