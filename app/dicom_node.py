@@ -62,6 +62,7 @@ from app.rundir import lock_path, try_lock
 from app.settings import Settings
 from app.tls import describe_refusal, destination_tls_args, serve_dicom
 
+LISTENER_LOCK = "dicom-listener"  # the run directory's lock file electing the worker that binds the C-STORE port
 log = logging.getLogger("cxr.dicom")
 
 IMAGE_SOP_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
@@ -160,7 +161,7 @@ class DicomNode:
         the run directory binds it, for its whole life; the others wait on the lock in a thread, so one of them
         (or the replacement uvicorn starts) takes the port over when the holder dies. STOW-RS (HTTP) and the SR
         sender work in every worker."""
-        lock = lock_path("dicom-listener")
+        lock = lock_path(LISTENER_LOCK)
         if lock is None:
             self._listen()
             return
@@ -217,9 +218,10 @@ class DicomNode:
             return "DICOM node shutting down"
         if self._ae is None:
             return "DICOM node not started"
-        if self._listener_lock is None and lock_path("dicom-listener") is not None:
-            pass  # another worker holds the C-STORE port: its own readiness says how it does
-        elif self.settings.dicom_port is not None and (self._server is None or not self._server_thread_alive()):
+        # another worker holding the C-STORE port says how it does in its own readiness
+        port_elsewhere = self._listener_lock is None and lock_path(LISTENER_LOCK) is not None
+        if self.settings.dicom_port is not None and not port_elsewhere and (
+                self._server is None or not self._server_thread_alive()):
             return "DICOM node listener stopped"
         if self._sender is None or not self._sender.is_alive():
             return "DICOM node sender stopped"

@@ -43,9 +43,9 @@ def file_lock(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = try_lock(path, blocking=True)
+    assert fd is not None  # a blocking lock waits instead of failing
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

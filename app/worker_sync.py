@@ -190,9 +190,10 @@ class WorkerSync:
             mark_process_dead(pid)
 
     # -- readiness -------------------------------------------------------------------------------------
-    def not_ready_reason(self) -> str | None:
-        """None when every worker is ready with the same model (and all the supervisor runs are up)."""
-        states = self.live_states()
+    def not_ready_reason(self, states: list[dict[str, Any]] | None = None) -> str | None:
+        """None when every worker is ready with the same model (and all the supervisor runs are up); ``states``:
+        :meth:`live_states` where the caller has just read them."""
+        states = self.live_states() if states is None else states
         waiting = [f"worker {s['pid']}: {s['reason']}" for s in states if not s["ready"]]
         if waiting:
             return "not every worker is ready (" + "; ".join(waiting) + ")"

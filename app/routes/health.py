@@ -44,7 +44,8 @@ async def ready(request: Request, manager: ManagerDep) -> JSONResponse:
         states = await asyncio.to_thread(sync.live_states)
         workers = [worker_summary(state) for state in states]
         if reason is None:
-            reason = await asyncio.to_thread(sync.not_ready_reason)
+            # on the states just read: no second pass over the workers' files
+            reason = await asyncio.to_thread(sync.not_ready_reason, states)
     extra = {"workers": workers} if workers is not None else {}
     if reason is not None:
         return JSONResponse({"status": "not_ready", "reason": reason, **extra}, status_code=503)
