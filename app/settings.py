@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.workers import parse_workers, usable_cpus
 from model_store.registry import DEFAULT_STORE
 from model_store.site_calibration import POINT_NAME
 
@@ -21,8 +22,7 @@ GPU_DEFAULT_BATCH = 64
 
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), at most 64."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(64, cores))
+    return min(64, usable_cpus())
 
 
 class Settings(BaseSettings):
@@ -232,8 +232,6 @@ class Settings(BaseSettings):
     @field_validator("workers", mode="before")
     @classmethod
     def check_workers(cls, value: object) -> object:
-        from app.workers import parse_workers
-
         return parse_workers(value)
 
     @field_validator("api_keys", "cors_origins", "gate_header_rules", mode="before")

@@ -30,10 +30,6 @@ from benchmarks.servers import REPO, Server, machine_busy_seconds
 START_DELAY_S = 0.3  # every worker has read its line before the window opens
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def summarize(results: list[dict]) -> dict:
     """One window's figures from its workers' reports: images/s summed over the workers, CPU ms per image."""
     images = sum(r["images"] for r in results)

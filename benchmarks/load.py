@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ceilings import CeilingWorkers, measure_ceilings, usable_cores
+from app.workers import usable_cpus
+from benchmarks.ceilings import CeilingWorkers, measure_ceilings
 from benchmarks.load_report import (
     compute_targets,
     fmt_errors,
@@ -142,7 +143,7 @@ def median_runs(all_runs: list[dict]) -> list[dict]:
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable_cpus(),
             "platform": platform.platform(), "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg()}
 
@@ -208,7 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     args.ceiling_s = args.ceiling_s or (1.0 if args.quick else 5.0)
-    args.ceiling_processes = args.ceiling_processes or usable_cores()
+    args.ceiling_processes = args.ceiling_processes or usable_cpus()
     return args
 
 

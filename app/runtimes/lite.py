@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from app.runtimes.base import CONVERSIONS, Runtime, RuntimeUnavailable
+from app.workers import usable_cpus
 from model_store.artifact import LoadedArtifact
 
 log = logging.getLogger("cxr.runtimes")
@@ -32,7 +33,7 @@ def compute_threads() -> int:
     configured = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def _interpreter_class() -> Any:
