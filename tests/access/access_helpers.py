@@ -19,6 +19,9 @@ from app.access.keys_cli import main as keys_main
 
 ISSUER = "https://sso.hospital.test/realms/cxr"
 AUDIENCE = "cxr-serve"
+# routes that answer without credentials, each with 200 (orchestration probes, the scrape, the review page)
+OPEN_PATHS = ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics", "/ui",
+              "/ui/config"]
 SCOPE_SETS = {"predictor": "predict", "reader": "feedback", "watcher": "monitor", "operator": "admin",
               "partner": "predict,feedback", "everything": "predict,feedback,monitor,admin"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from access_helpers import IdentityProvider, add_key
+from access_helpers import OPEN_PATHS, IdentityProvider, add_key
 from app_harness import Running
 
 Call = Callable[[httpx.Client, dict[str, str], bytes], httpx.Response]
@@ -50,8 +50,6 @@ ROUTES = [Route(*entry) for entry in [
      lambda c, h, png: c.post("/admin/reload", json={"version": 999}, headers=h), 404),
 ]]
 IDS = [route.name for route in ROUTES]
-OPEN_PATHS = ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics", "/ui",
-              "/ui/config"]
 
 
 def assert_refused(response: httpx.Response, status: int, *words: str) -> dict:
