@@ -17,6 +17,7 @@ from app.access.control import AccessControl
 from app.audit import Audit
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.fast_predict import FastPredict
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_manager import ModelManager
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files = settings.max_batch_files if path.endswith(("/batch", "/infer", "/dicomweb/studies")) else 1
         return settings.max_upload_bytes * files + MULTIPART_OVERHEAD
 
+    app.add_middleware(FastPredict, fastapi_app=app)  # innermost: inside the body limit
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

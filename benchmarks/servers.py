@@ -182,13 +182,27 @@ class Server:
 
     def signal(self, sig: int) -> None:
         """To the whole server: its process group (our own session) and each process of its tree, for any
-        worker that left the group (a SIGSTOP that missed one would let it run while another server is timed)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            for pid in tree_pids(self.proc.pid):
+        worker that left the group (a SIGSTOP that missed one would let it run while another server is timed).
+
+        A supervisor is stopped first and woken last: uvicorn's pings each worker every 0.5 s and kills one
+        that has not answered within 5 s of wall time, and a stop longer than that, with the supervisor woken
+        before the worker's answer, restarts a healthy worker (seen: a turn of 503 not_ready while it loaded)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        root = self.proc.pid
+        if sig == signal.SIGCONT:
+            for pid in tree_pids(root)[1:]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
+            time.sleep(0.05)  # the workers' pong threads answer a ping sent before the stop
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(root, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(root, sig)
+        for pid in tree_pids(root):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

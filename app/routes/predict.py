@@ -41,8 +41,11 @@ PREDICT_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
-    # the body limit already stopped huge requests while streaming; this is the per-file limit
-    data = await upload.read(settings.max_upload_bytes + 1)
+    return checked_upload(await upload.read(settings.max_upload_bytes + 1), settings)
+
+
+def checked_upload(data: bytes, settings: Settings) -> bytes:
+    """The per-file limit and the empty file (the body limit already stopped huge requests while streaming)."""
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLargeError(f"file exceeds the limit of {settings.max_upload_bytes} bytes")
     if not data:
