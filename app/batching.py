@@ -97,11 +97,12 @@ class BatchObserver:
 class DynamicBatcher:
     def __init__(self, predict: PredictFn, *, max_batch_size: int, max_delay_s: float, queue_limit: int,
                  input_shape: tuple[int, ...] | None = None, observer: BatchObserver | None = None,
-                 name: str = "batcher", pad: bool = True) -> None:
+                 name: str = "batcher", pad: bool = True, wide: PredictFn | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         # a plain attribute, read once per batch: tests and fault injection may wrap it
         self.predict = predict
+        self.wide = wide  # the runtime's every-core predict, for a lone image (Runtime.wide)
         # one input of the wrong shape would fail np.stack for the whole batch: refuse it at submit instead
         self.input_shape = input_shape
         self.max_batch_size = max_batch_size
@@ -206,11 +207,12 @@ class DynamicBatcher:
         self.observer.on_queue_depth(depth)
         return item.future
 
-    def submit_or_run(self, x: np.ndarray, announcement: Announcement | None = None) -> Future[BatchResult]:
+    def submit_or_run(self, x: np.ndarray, announcement: Announcement | None = None, *,
+                      wide: bool = False) -> Future[BatchResult]:
         """Like ``submit_nowait``, but when the batcher is idle (nothing queued, no batch running, no other
         caller announced) the input runs at once in the calling thread, as a batch of one, and the returned
-        Future is already resolved. Call it from a worker thread (a decode thread), never from an event loop:
-        the model call blocks."""
+        Future is already resolved; with ``wide``, on the runtime's every-core predict where it has one. The
+        model call blocks: call it from an event loop only for a lone image (app/dataplane.py)."""
         self._check_shape(x)
         with self._lock:
             own = announcement if announcement is not None else _ANNOUNCED.get()
@@ -225,7 +227,7 @@ class DynamicBatcher:
             return self.submit_nowait(x, announcement)
         item = _Item(x=x, future=Future())
         try:
-            self._run_batch_safely([item])
+            self._run_batch_safely([item], self.wide if wide else None)
         finally:
             self._release_model()
         return item.future
@@ -298,17 +300,17 @@ class DynamicBatcher:
                 self._claim_model()
             self._run_exclusive(leftovers[start : start + self.max_batch_size])  # type: ignore[arg-type]
 
-    def _run_batch_safely(self, batch: list[_Item]) -> None:
+    def _run_batch_safely(self, batch: list[_Item], predict: PredictFn | None = None) -> None:
         """The worker thread must outlive any bug in a batch (or in a metrics hook): a dead worker would leave
         every later request waiting forever."""
         try:
-            self._run_batch(batch)
+            self._run_batch(batch, predict)
         except Exception as exc:
             log.exception("batcher bug while finishing a batch of %d", len(batch))
             for item in batch:
                 _resolve(item.future, exception=InferenceError(f"internal batching error: {type(exc).__name__}"))
 
-    def _run_batch(self, batch: list[_Item]) -> None:
+    def _run_batch(self, batch: list[_Item], predict: PredictFn | None = None) -> None:
         # Claim each future; one cancelled meanwhile (client gone) is stale work and is dropped here.
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not batch:
@@ -320,7 +322,7 @@ class DynamicBatcher:
             padded = bucket_for(n, self.buckets) if self.pad else n
             if padded > n:
                 x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
-            output = np.asarray(self.predict(x))
+            output = np.asarray((predict or self.predict)(x))
             if output.shape[0] != padded:
                 raise InferenceError(f"model returned {output.shape[0]} outputs for {padded} inputs")
         except Exception as exc:

@@ -1,8 +1,13 @@
 """The transport-neutral core: bytes -> decode -> preprocess -> batcher -> model -> result.
 
 REST routes (/predict and the v2 protocol) only parse requests and shape responses; they all call here.
-CPU work (decode, preprocess) runs in a thread pool, never on the event loop. The decode thread hands its input
-to the batcher itself (``submit_or_run``): a lone image runs there at once, one under load joins a batch.
+CPU work (decode, preprocess) runs in a thread pool. The decode thread hands its input to the batcher itself
+(``submit_or_run``): an image that finds the batcher idle runs there at once, one under load joins a batch.
+
+A lone image, the only one in flight in this worker and small enough that its work takes a few milliseconds,
+runs on the event loop itself: the two thread hand-offs (to a decode thread and back), which cost a lone
+request ~0.5 ms of waking threads, buy nothing when there is nothing else to do. When no other worker has an
+image in flight either, its model call uses every core (app/inflight.py), as a single process would.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from app.batching import Announcement, BatchResult
 from app.errors import InvalidInputError, NotAChestXrayError, NotReadyError
 from app.explain import ExplainerCache, Explanation
 from app.gate import GateResult
+from app.inflight import InFlight
 from app.metrics import Metrics
 from app.model_manager import ModelManager, ServingModel
 from app.operating_points import OperatingPoint, calibration_of, choose
@@ -29,6 +35,9 @@ from model_store.imaging import decode, sniff_format
 from model_store.preprocessing import PreprocessingError, preprocess
 from model_store.site_calibration import final_probabilities
 
+# a lone upload up to this size is prepared on the event loop: its work blocks the loop for a few ms (a
+# 2008x1440 JPEG of 256 KB: ~5 ms), while a larger one (a 50-megapixel PNG) goes to a decode thread
+LONE_ON_LOOP_MAX_BYTES = 512 * 1024
 NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
 
 
@@ -126,9 +135,11 @@ class DataPlane:
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.explainers = ExplainerCache(settings.explain_layer)
+        self.inflight = InFlight.from_env()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.inflight.close()
 
     def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None) -> Prepared:
         """decode -> gate -> preprocess, in a decode thread. The gate refuses (raises) before the model."""
@@ -154,12 +165,14 @@ class DataPlane:
         return Prepared(x, time.perf_counter() - started, verdict, warnings, image.shape[:2])
 
     def _prepare_and_submit(self, data: bytes, model: ServingModel, *, ticket: Ticket | None,
-                            announcement: Announcement, slot: list[Future[BatchResult]], inline: bool
-                            ) -> tuple[Prepared, tuple[ServingModel, Future[BatchResult]]]:
-        """In a decode thread: prepare, then hand the input to the batcher from here (no hop back to the event
-        loop first); with ``inline``, an idle batcher runs it in this thread at once."""
+                            announcement: Announcement, slot: list[Future[BatchResult]], inline: bool,
+                            alone: bool = False) -> tuple[Prepared, tuple[ServingModel, Future[BatchResult]]]:
+        """In a decode thread (or on the loop, for a lone image): prepare, then hand the input to the batcher
+        from here (no hop back to the event loop first); with ``inline``, an idle batcher runs it in this thread
+        at once, on every core where this worker is ``alone`` and no other worker has an image in flight."""
         prepared = self._prepare(data, model, ticket)
-        submitted = self._submit(prepared.x, model, announcement, inline=inline)
+        wide = alone and not self.inflight.others_busy()  # asked now: another worker may have begun meanwhile
+        submitted = self._submit(prepared.x, model, announcement, inline=inline, wide=wide)
         slot.append(submitted[1])
         return prepared, submitted
 
@@ -173,6 +186,12 @@ class DataPlane:
         trail's record in the making (the transport's ``audit.track_request``), given the input and result.
         ``explain``: add a Grad-CAM map, computed in a decode thread beside the batched model call.
         ``operating_point``: the named threshold to decide with (default: CXR_OPERATING_POINT, else the version's)."""
+        with self.inflight.track() as alone:
+            return await self._predict_image(data, model, ticket, explain, operating_point,
+                                             alone=alone and not explain)
+
+    async def _predict_image(self, data: bytes, model: ServingModel | None, ticket: Ticket | None, explain: bool,
+                             operating_point: str | None, *, alone: bool) -> Prediction:
         started = time.perf_counter()
         model = model or self.manager.current
         self.point(model, operating_point)  # an unknown name is refused before any work
@@ -181,14 +200,18 @@ class DataPlane:
         # the batcher may wait (up to max delay) for this image while it decodes. Not inline with explain: the
         # Grad-CAM map (a decode thread) then runs beside the model call (the batcher's thread)
         with model.batcher.expecting() as announcement:
-            try:
-                prepared, submitted = await loop.run_in_executor(self.pool, functools.partial(
-                    self._prepare_and_submit, data, model, ticket=ticket, announcement=announcement, slot=slot,
-                    inline=not explain))
-            except asyncio.CancelledError:
-                for future in slot:
-                    future.cancel()  # not yet computed: the batcher drops it
-                raise
+            if alone and len(data) <= LONE_ON_LOOP_MAX_BYTES:  # nothing else to do meanwhile: no hand-offs
+                prepared, submitted = self._prepare_and_submit(data, model, ticket=ticket, announcement=announcement,
+                                                               slot=slot, inline=True, alone=True)
+            else:
+                try:
+                    prepared, submitted = await loop.run_in_executor(self.pool, functools.partial(
+                        self._prepare_and_submit, data, model, ticket=ticket, announcement=announcement, slot=slot,
+                        inline=not explain, alone=alone))
+                except asyncio.CancelledError:
+                    for future in slot:
+                        future.cancel()  # not yet computed: the batcher drops it
+                    raise
         self.metrics.stage.labels("decode", model.metadata.name).observe(prepared.decode_s)
         explaining = loop.run_in_executor(self.pool, self.explainers.explain, model, prepared.x,
                                           prepared.image_shape, self.settings.explain_overlay_max_side) \
@@ -234,12 +257,12 @@ class DataPlane:
         return prediction
 
     def _submit(self, x: np.ndarray, model: ServingModel, announcement: Announcement | None = None, *,
-                inline: bool = False) -> tuple[ServingModel, Future[BatchResult]]:
-        """Hand ``x`` to the model's batcher (``inline``: run it in this thread if the batcher is idle; only from
-        a decode thread). The announcement belongs to ``model``'s batcher, so it goes with the first try only."""
+                inline: bool = False, wide: bool = False) -> tuple[ServingModel, Future[BatchResult]]:
+        """Hand ``x`` to the model's batcher (``inline``: run it in this thread if the batcher is idle, ``wide``
+        on every core). The announcement belongs to ``model``'s batcher, so it goes with the first try only."""
         def submit(target: ServingModel, *args: Announcement | None) -> Future[BatchResult]:
             batcher = target.batcher
-            return (batcher.submit_or_run if inline else batcher.submit_nowait)(x, *args)
+            return batcher.submit_or_run(x, *args, wide=wide) if inline else batcher.submit_nowait(x, *args)
 
         try:
             return model, submit(model, announcement)

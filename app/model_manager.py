@@ -153,7 +153,7 @@ class ModelManager:
         batcher = DynamicBatcher(predict, max_batch_size=batch_size, max_delay_s=self.settings.max_delay_ms / 1000,
                                  queue_limit=self.settings.queue_limit, observer=observer, name=f"batcher-{number}",
                                  input_shape=artifact.metadata.preprocessing.input_shape,
-                                 pad=predict.needs_padding)
+                                 pad=predict.needs_padding, wide=predict.wide)
         for size in batcher.buckets:  # warm-up: run every shape the batcher will ever send
             out = predict(np.zeros((size, *artifact.metadata.preprocessing.input_shape), dtype=np.float32))
             if out.shape != (size, len(artifact.metadata.class_names)):

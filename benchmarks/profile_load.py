@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ab import BASE_ENV, load_arguments, prepare, start, wait_ready
 from benchmarks.loadgen import run_wrk
-from benchmarks.servers import CLK_TCK, REPO, free_ports, tree_cpu_seconds
+from benchmarks.servers import CLK_TCK, REPO, free_ports, tree_cpu_seconds, tree_pids
 
+PROCESSES = re.compile(r'(?:process \d+:"[^"]*";)+')
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
 
@@ -50,6 +51,16 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return dict(totals)
 
 
+def tree_thread_cpu(root: int) -> dict[str, float]:
+    """``thread_cpu`` over a server's process tree: its workers' thread groups summed, the supervisor's apart."""
+    totals: collections.Counter[str] = collections.Counter()
+    for pid in tree_pids(root):
+        prefix = "supervisor " if pid == root and len(tree_pids(root)) > 1 else ""
+        for group, seconds in thread_cpu(pid).items():
+            totals[prefix + group] += seconds
+    return dict(totals)
+
+
 def short(frame: str) -> str:
     match = FRAME.match(frame)
     if not match:
@@ -61,7 +72,7 @@ def short(frame: str) -> str:
     return f"{match['func']} ({path})"
 
 
-def summarise(raw: Path, top: int) -> str:
+def summarise(raw: Path, top: int, root: int = 0, subprocesses: bool = False) -> str:
     total = 0
     by_group: collections.Counter[str] = collections.Counter()
     self_counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -71,8 +82,11 @@ def summarise(raw: Path, top: int) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
+        chain = PROCESSES.match(stack)  # --subprocesses: "process PID:"command";" per level (commands hold ";")
+        frames = stack[chain.end():].split(";") if chain else stack.split(";")
         group = thread_group(frames[0])
+        if chain and subprocesses and chain[0].count("process ") == 1:  # the supervisor; its workers together
+            group = "supervisor " + group
         names = [short(f) for f in frames[1:]] or ["(native)"]
         total += count
         by_group[group] += count
@@ -110,19 +124,22 @@ def main() -> int:
         url = server.url("/predict")
         run_wrk(url, upload, connections=args.connections, seconds=args.warmup, threads=1, workdir=workdir)
         raw = args.raw or Path(tempfile.mkdtemp(prefix="cxr-spy-")) / "stacks.txt"
-        spy_proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--threads", "--nonblocking",
+        root = server.proc.pid
+        workers = len(tree_pids(root)) > 1  # a supervisor and its workers: sample every process of the tree
+        spy_proc = subprocess.Popen([spy, "record", "--pid", str(root), "--threads", "--nonblocking",
+                                     *(["--subprocesses"] if workers else []),
                                      *(["--gil"] if args.gil else []), "--rate", str(args.rate),
                                      "--duration", str(args.duration), "--format", "raw", "--output", str(raw)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         cpu_before = tree_cpu_seconds(server.proc.pid)
-        threads_before = thread_cpu(server.proc.pid)
+        threads_before = tree_thread_cpu(root)
         result: dict = {}
         load = threading.Thread(target=lambda: result.update(run_wrk(
             url, upload, connections=args.connections, seconds=args.duration, threads=1, workdir=workdir)))
         load.start()
         load.join()
         cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
-        threads_after = thread_cpu(server.proc.pid)
+        threads_after = tree_thread_cpu(root)
         spy_proc.wait(timeout=60)
         ok = sum(n for status, n in result["statuses"].items() if str(status).startswith("2"))
         seconds = result["duration_us"] / 1e6
@@ -135,7 +152,7 @@ def main() -> int:
             if used > 0:
                 print(f"| {group} | {1000 * used / max(ok, 1):.2f} |")
         print()
-        print(summarise(raw, args.top))
+        print(summarise(raw, args.top, root, workers))
     finally:
         server.stop()
     return 0

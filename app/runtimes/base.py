@@ -31,6 +31,9 @@ class Runtime(ABC):
     def __init__(self, input_shape: tuple[int, ...], buckets: list[int]) -> None:
         self.input_shape = tuple(input_shape)
         self.buckets = list(buckets)
+        #: ``predict`` on every core this process may use, for a lone image while the other workers are idle
+        #: (app/inflight.py); None where ``predict`` already uses them all, or the runtime has no such mode
+        self.wide: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

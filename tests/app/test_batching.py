@@ -506,3 +506,22 @@ def test_items_the_worker_holds_while_an_inline_call_runs_still_count_against_th
     assert float(waiting.result(10).output[0]) == 1
     assert model.most_at_once == 1
     batcher.stop()
+
+
+def test_a_lone_request_asked_wide_runs_on_the_wide_predict_and_a_queued_one_never_does():
+    narrow, wide = ThreadModel(), ThreadModel()
+    batcher = make(narrow, wide=wide)
+    assert float(batcher.submit_or_run(item(1), wide=True).result().output[0]) == 1
+    assert float(batcher.submit_or_run(item(2)).result().output[0]) == 2  # not asked: the runtime's own
+    assert len(wide.batches) == 1 and len(narrow.batches) == 1
+    narrow.gate.clear()  # hold the worker on a batch: the next wide request finds the batcher busy and queues
+    held = batcher.submit_nowait(item(3))
+    assert narrow.entered.wait(5)
+    queued = batcher.submit_or_run(item(4), wide=True)
+    narrow.gate.set()
+    assert float(held.result(5).output[0]) == 3 and float(queued.result(5).output[0]) == 4
+    assert len(wide.batches) == 1, "a queued image ran on the wide predict"
+    batcher.stop()
+    without = make(ThreadModel())  # a runtime without a wide mode: wide=True changes nothing
+    assert float(without.submit_or_run(item(5), wide=True).result().output[0]) == 5
+    without.stop()

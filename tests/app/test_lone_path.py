@@ -1,6 +1,7 @@
-"""The lone-request path through the real app: an idle batcher runs the image in the decode thread that
-prepared it (no hop to the batcher's worker and back), with the same metrics; concurrent requests still batch
-(tests/app/test_predict.py::test_concurrent_requests_each_get_their_own_answer)."""
+"""The lone-request path through the real app: a lone upload is prepared and run on the event loop (no hop to a
+decode thread, the batcher's worker and back), with the same metrics; a large one in a decode thread, which runs
+the model itself when the batcher is idle; when no other worker has an image in flight, on every core.
+Concurrent requests still batch (tests/app/test_predict.py::test_concurrent_requests_each_get_their_own_answer)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import numpy as np
 from app_harness import Running
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import dataplane as dataplane_module
+from app.inflight import InFlight
+
 
 def stage_counts(server: Running) -> dict[str, float]:
     family = next(f for f in text_string_to_metric_families(server.client.get("/metrics").text)
@@ -17,25 +21,57 @@ def stage_counts(server: Running) -> dict[str, float]:
     return {s.labels["stage"]: s.value for s in family.samples if s.name == "cxr_stage_duration_seconds_count"}
 
 
-def test_a_lone_request_runs_in_a_decode_thread_not_the_batchers(server, fullres_images):
+def post_recording(server: Running, data: bytes) -> tuple[list[tuple[str, str]], dict]:
+    """One request; the (thread, predict function) of each model call it made, and the answer."""
     batcher = server.app.state.manager.current.batcher
-    original = batcher.predict
-    threads: list[str] = []
+    original, original_wide = batcher.predict, batcher.wide
+    calls: list[tuple[str, str]] = []
 
-    def recording(x: np.ndarray) -> np.ndarray:
-        threads.append(threading.current_thread().name)
-        return original(x)
+    def recording(kind: str, predict):  # type: ignore[no-untyped-def]
+        def call(x: np.ndarray) -> np.ndarray:
+            calls.append((threading.current_thread().name, kind))
+            return predict(x)
+        return call
 
-    before = stage_counts(server)
-    batcher.predict = recording
+    batcher.predict = recording("narrow", original)
+    batcher.wide = recording("wide", original)  # the single test process has no wider runtime: stand-in
     try:
-        response = server.client.post("/predict", files={"file": ("film.jpeg", fullres_images[0].read_bytes())})
+        response = server.client.post("/predict", files={"file": ("film.jpeg", data)})
     finally:
-        batcher.predict = original
+        batcher.predict, batcher.wide = original, original_wide
     assert response.status_code == 200, response.text
-    assert len(threads) == 1 and threads[0].startswith("decode"), threads
-    timing = response.json()["timing_ms"]
+    return calls, response.json()
+
+
+def test_a_lone_request_runs_on_the_event_loop_and_on_every_core(server, fullres_images):
+    before = stage_counts(server)
+    calls, answer = post_recording(server, fullres_images[0].read_bytes())
+    assert calls == [("test-uvicorn", "wide")], calls  # app_harness runs uvicorn's loop in "test-uvicorn"
+    timing = answer["timing_ms"]
     assert timing["inference"] > 0 and timing["queue"] >= 0
     after = stage_counts(server)
     for stage in ("decode", "queue", "inference"):  # the stage histograms still see a lone request
         assert after.get(stage, 0) == before.get(stage, 0) + 1, stage
+
+
+def test_a_lone_request_stays_on_its_share_while_another_worker_is_busy(server, fullres_images, tmp_path):
+    dataplane = server.app.state.dataplane
+    mine, other = InFlight(tmp_path), InFlight(tmp_path)  # this worker and another one, sharing a run folder
+    original, dataplane.inflight = dataplane.inflight, mine
+    try:
+        with other.track():
+            calls, _ = post_recording(server, fullres_images[0].read_bytes())
+        assert calls == [("test-uvicorn", "narrow")], calls
+        calls, _ = post_recording(server, fullres_images[0].read_bytes())
+        assert calls == [("test-uvicorn", "wide")], calls
+    finally:
+        dataplane.inflight = original
+        mine.close()
+        other.close()
+
+
+def test_a_large_lone_upload_goes_to_a_decode_thread_that_runs_the_model_on_every_core(server, fullres_images,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(dataplane_module, "LONE_ON_LOOP_MAX_BYTES", 0)
+    calls, _ = post_recording(server, fullres_images[0].read_bytes())
+    assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls

@@ -1,0 +1,89 @@
+"""How many images each worker of one ``cxr-serve`` has in flight, so that a lone image may use the whole machine.
+
+With one worker per core, a worker's model runs on one thread: right under load, when every core is busy with
+its own worker, but a lone image then leaves the other cores idle (the int8 model takes ~1.0 ms on one thread,
+~0.5 ms on two). A worker that is alone, with nothing else in flight in any worker, runs its lone image on every
+core (app/dataplane.py).
+
+Each worker publishes its own count in one 8-byte slot of a small shared file in the run directory (a slot is
+claimed with a lock file that the kernel releases when the worker dies; its replacement zeroes it). A worker
+writes only its own slot, and an aligned 8-byte store is atomic, so no lock is taken per request; reading every
+slot costs about a microsecond. Without a run directory (one process) there are no others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.rundir import run_dir, try_lock
+
+SLOTS = 64  # CXR_WORKERS is at most 64
+FILE = "inflight"
+
+
+class InFlight:
+    def __init__(self, folder: Path | None) -> None:
+        self.local = 0  # images in flight in this worker (touched on its event loop only)
+        self._slots: memoryview | None = None
+        self._slot = -1
+        self._lock_fd: int | None = None
+        self._single = folder is None
+        if folder is not None:
+            self._attach(folder)
+
+    @classmethod
+    def from_env(cls) -> InFlight:
+        return cls(run_dir())
+
+    def _attach(self, folder: Path) -> None:
+        for slot in range(SLOTS):
+            fd = try_lock(folder / f"{FILE}-{slot}.lock")
+            if fd is not None:
+                self._slot, self._lock_fd = slot, fd
+                break
+        else:  # more workers than slots: this one publishes nothing and assumes the others are busy
+            return
+        fd = os.open(folder / FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < SLOTS * 8:
+                os.ftruncate(fd, SLOTS * 8)  # zero-filled; several workers may do this at once, harmlessly
+            self._map = mmap.mmap(fd, SLOTS * 8)
+        finally:
+            os.close(fd)
+        self._slots = memoryview(self._map).cast("q")
+        self._slots[self._slot] = 0  # a dead predecessor's count is not ours
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[bool]:
+        """One image in flight for the block; yields whether it is this worker's only one."""
+        self.local += 1
+        self._publish()
+        try:
+            yield self.local == 1
+        finally:
+            self.local -= 1
+            self._publish()
+
+    def _publish(self) -> None:
+        if self._slots is not None:
+            self._slots[self._slot] = self.local
+
+    def others_busy(self) -> bool:
+        """Whether another worker has an image in flight: never for a single process; always for a worker
+        without a slot (more workers than slots), which cannot see the others."""
+        if self._slots is None:
+            return not self._single
+        return sum(self._slots) != self._slots[self._slot]
+
+    def close(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._map.close()
+            self._slots = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
