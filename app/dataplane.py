@@ -4,8 +4,8 @@ REST routes (/predict and the v2 protocol) only parse requests and shape respons
 CPU work (decode, preprocess) runs in a thread pool. The decode thread hands its input to the batcher itself
 (``submit_or_run``): an image that finds the batcher idle runs there at once, one under load joins a batch.
 
-A lone image, the only one in flight in this worker and small enough that its work takes a few milliseconds,
-runs on the event loop itself: the two thread hand-offs (to a decode thread and back), which cost a lone
+A lone image, the only request and image in flight in this worker and small enough that its work takes a few
+milliseconds, runs on the event loop itself: the two thread hand-offs (to a decode thread and back), which cost a lone
 request ~0.5 ms of waking threads, buy nothing when there is nothing else to do. When no other worker has an
 image in flight either, its model call uses every core (app/inflight.py), as a single process would.
 """
@@ -186,7 +186,7 @@ class DataPlane:
         trail's record in the making (the transport's ``audit.track_request``), given the input and result.
         ``explain``: add a Grad-CAM map, computed in a decode thread beside the batched model call.
         ``operating_point``: the named threshold to decide with (default: CXR_OPERATING_POINT, else the version's)."""
-        with self.inflight.track() as alone:
+        with self.inflight.image() as alone:
             return await self._predict_image(data, model, ticket, explain, operating_point,
                                              alone=alone and not explain)
 

@@ -5,10 +5,11 @@ its own worker, but a lone image then leaves the other cores idle (the int8 mode
 ~0.5 ms on two). A worker that is alone, with nothing else in flight in any worker, runs its lone image on every
 core (app/dataplane.py).
 
-Each worker publishes its own count in one 8-byte slot of a small shared file in the run directory (a slot is
-claimed with a lock file that the kernel releases when the worker dies; its replacement zeroes it). A worker
-writes only its own slot, and an aligned 8-byte store is atomic, so no lock is taken per request; reading every
-slot costs about a microsecond. Without a run directory (one process) there are no others.
+Each worker publishes its count (requests and images in flight) in one 8-byte slot of a small shared file in
+the run directory (a slot is claimed with a lock file that the kernel releases when the worker dies; its
+replacement zeroes it). A worker writes only its own slot, and an aligned 8-byte store is atomic, so no lock is
+taken per request; reading every slot costs about a microsecond. Without a run directory (one process) there
+are no others.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ FILE = "inflight"
 
 class InFlight:
     def __init__(self, folder: Path | None) -> None:
-        self.local = 0  # images in flight in this worker (touched on its event loop only)
+        # in flight in this worker, touched on its event loop only: HTTP requests (any route) and images
+        self.requests = 0
+        self.images = 0
         self._slots: memoryview | None = None
         self._slot = -1
         self._lock_fd: int | None = None
@@ -58,19 +61,31 @@ class InFlight:
         self._slots[self._slot] = 0  # a dead predecessor's count is not ours
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[bool]:
-        """One image in flight for the block; yields whether it is this worker's only one."""
-        self.local += 1
+    def request(self) -> Iterator[None]:
+        """One HTTP request in flight for the block (app.middleware), whatever its route."""
+        self.requests += 1
         self._publish()
         try:
-            yield self.local == 1
+            yield
         finally:
-            self.local -= 1
+            self.requests -= 1
+            self._publish()
+
+    @contextlib.contextmanager
+    def image(self) -> Iterator[bool]:
+        """One image in flight for the block; yields whether it is all this worker has to do: its only image,
+        from its only HTTP request (or from none: the DICOM node)."""
+        self.images += 1
+        self._publish()
+        try:
+            yield self.images == 1 and self.requests <= 1
+        finally:
+            self.images -= 1
             self._publish()
 
     def _publish(self) -> None:
         if self._slots is not None:
-            self._slots[self._slot] = self.local
+            self._slots[self._slot] = self.requests + self.images
 
     def others_busy(self) -> bool:
         """Whether another worker has an image in flight: never for a single process; always for a worker

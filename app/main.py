@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID"])
     # outermost: sees every response
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log,
+                       inflight=dataplane.inflight)
     return app
 
 

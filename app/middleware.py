@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.errors import UploadTooLargeError, count_error, error_response
+from app.inflight import InFlight
 from app.metrics import Metrics
 
 log = logging.getLogger("cxr.access")
@@ -26,14 +27,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (the client's X-Request-ID if sane), echoes it, records metrics, writes the
-    access log, and is where an unexpected exception ends: logged once with the request id and answered with
-    the JSON 500 body (no stack trace), instead of escaping to the server's default handler."""
+    """Gives every request an id (the client's X-Request-ID if sane), echoes it, counts it in flight, records
+    metrics, writes the access log, and is where an unexpected exception ends: logged once with the request id
+    and answered with the JSON 500 body (no stack trace), instead of escaping to the server's default handler."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False,
+                 inflight: InFlight | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.inflight = inflight or InFlight(None)  # the data plane's: a lone request may skip hand-offs
 
     async def __call__(self, scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -58,7 +61,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with self.inflight.request():
+                await self.app(scope, receive, send_with_id)
         except Exception as exc:
             error_log.error("request %s failed: unhandled %s", request_id, type(exc).__name__, exc_info=exc)
             count_error(scope, "internal_error")

@@ -16,16 +16,23 @@ from model_store.imaging import decode
 from model_store.preprocessing import preprocess
 
 
-def test_each_worker_sees_the_others_images_in_flight_not_its_own(tmp_path: Path):
+def test_each_worker_sees_the_others_requests_and_images_in_flight_not_its_own(tmp_path: Path):
     first, second = InFlight(tmp_path), InFlight(tmp_path)
     try:
         assert not first.others_busy() and not second.others_busy()
-        with first.track() as alone:
-            assert alone and first.local == 1
-            assert second.others_busy() and not first.others_busy()
-            with first.track() as alone_again:
-                assert not alone_again and first.local == 2
-        assert first.local == 0 and not second.others_busy()
+        with first.request():
+            assert second.others_busy() and not first.others_busy()  # a request still reading its body counts
+            with first.image() as alone:
+                assert alone and (first.requests, first.images) == (1, 1)
+                with first.image() as alone_again:  # a second image of the same request (/predict/batch)
+                    assert not alone_again
+            with second.request(), first.image() as alone:
+                assert alone, "another worker's request does not make this one less alone"
+        with first.request(), first.request(), first.image() as alone:
+            assert not alone, "another request in this worker: not alone"
+        with first.image() as alone:
+            assert alone, "an image without a request (the DICOM node) is alone"
+        assert (first.requests, first.images) == (0, 0) and not second.others_busy()
     finally:
         first.close()
         second.close()
@@ -33,7 +40,7 @@ def test_each_worker_sees_the_others_images_in_flight_not_its_own(tmp_path: Path
 
 def test_a_dead_workers_count_is_cleared_by_the_worker_that_takes_its_slot(tmp_path: Path):
     dead, watcher = InFlight(tmp_path), InFlight(tmp_path)
-    with dead.track():
+    with dead.image():
         dead.close()  # as if killed mid-request: its count stays in the file, its slot lock is released
     assert watcher.others_busy()
     replacement = InFlight(tmp_path)  # claims the free slot and zeroes it
@@ -50,7 +57,7 @@ def test_one_process_has_no_others_and_a_worker_without_a_slot_assumes_they_are_
     extra = InFlight(tmp_path)
     try:
         assert extra.others_busy()
-        with extra.track():  # publishes nowhere
+        with extra.image():  # publishes nowhere
             assert not any(w.others_busy() for w in workers)
     finally:
         for worker in [*workers, extra]:

@@ -59,7 +59,7 @@ def test_a_lone_request_stays_on_its_share_while_another_worker_is_busy(server, 
     mine, other = InFlight(tmp_path), InFlight(tmp_path)  # this worker and another one, sharing a run folder
     original, dataplane.inflight = dataplane.inflight, mine
     try:
-        with other.track():
+        with other.image():
             calls, _ = post_recording(server, fullres_images[0].read_bytes())
         assert calls == [("test-uvicorn", "narrow")], calls
         calls, _ = post_recording(server, fullres_images[0].read_bytes())
