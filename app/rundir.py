@@ -2,7 +2,7 @@
 start, named to them in ``CXR_RUN_DIR``, removed at exit. Unset (one process): nothing is shared.
 
 It holds the Prometheus multiprocess files, each worker's state and the model target (app.worker_sync), the
-rate-limit buckets (app.access.ratelimit) and the lock files below.
+workers' in-flight counts (app.inflight), the rate-limit buckets (app.access.ratelimit) and the lock files below.
 """
 
 from __future__ import annotations
