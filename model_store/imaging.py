@@ -143,7 +143,8 @@ def _decode_pillow(data: bytes, *, min_size: int | None, max_pixels: int | None,
                 check_pixel_count(*image.size, max_pixels)
             if min_size is not None and image.format == "JPEG":
                 image.draft("L", (min_size, min_size))
-            return pillow_to_gray(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upload without an orientation
+            return pillow_to_gray(image)
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit, should ours be set higher
         raise ImageTooLargeError(str(exc)) from exc
     except DecodeError:
