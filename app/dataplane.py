@@ -4,10 +4,11 @@ REST routes (/predict and the v2 protocol) only parse requests and shape respons
 CPU work (decode, preprocess) runs in a thread pool. The decode thread hands its input to the batcher itself
 (``submit_or_run``): an image that finds the batcher idle runs there at once, one under load joins a batch.
 
-A lone image, the only request and image in flight in this worker and small enough that its work takes a few
-milliseconds, runs on the event loop itself: the two thread hand-offs (to a decode thread and back), which cost a lone
-request ~0.5 ms of waking threads, buy nothing when there is nothing else to do. When no other worker has an
-image in flight either, its model call uses every core (app/inflight.py), as a single process would.
+A lone image, the only request and image in flight in this worker and a JPEG small enough that its work takes a
+few milliseconds, runs on the event loop itself: the two thread hand-offs (to a decode thread and back), which
+cost a lone request ~0.5 ms of waking threads, buy nothing when there is nothing else to do. When no other
+worker has an image in flight either, its model call uses every core (app/inflight.py), as a single process
+would.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ from model_store.imaging import decode, sniff_format
 from model_store.preprocessing import PreprocessingError, preprocess
 from model_store.site_calibration import final_probabilities
 
-# a lone upload up to this size is prepared on the event loop: its work blocks the loop for a few ms (a
-# 2008x1440 JPEG of 256 KB: ~5 ms), while a larger one (a 50-megapixel PNG) goes to a decode thread
+# a lone JPEG up to this size is prepared on the event loop: a JPEG's decoding work follows its bytes (and its
+# scaled decode, draft), so it blocks the loop for a few ms (a 2008x1440 JPEG of 256 KB: ~5 ms). Other formats
+# go to a decode thread: a smooth 16-megapixel PNG is 160 KB and takes ~0.3 s to decode
 LONE_ON_LOOP_MAX_BYTES = 512 * 1024
+
+
+def cheap_to_decode(data: bytes) -> bool:
+    return len(data) <= LONE_ON_LOOP_MAX_BYTES and sniff_format(data) == "JPEG"
 NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
 
 
@@ -200,7 +206,7 @@ class DataPlane:
         # the batcher may wait (up to max delay) for this image while it decodes. Not inline with explain: the
         # Grad-CAM map (a decode thread) then runs beside the model call (the batcher's thread)
         with model.batcher.expecting() as announcement:
-            if alone and len(data) <= LONE_ON_LOOP_MAX_BYTES:  # nothing else to do meanwhile: no hand-offs
+            if alone and cheap_to_decode(data):  # nothing else to do meanwhile: no hand-offs
                 prepared, submitted = self._prepare_and_submit(data, model, ticket=ticket, announcement=announcement,
                                                                slot=slot, inline=True, alone=True)
             else:

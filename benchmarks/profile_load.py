@@ -37,12 +37,21 @@ def thread_group(name: str) -> str:
     return re.sub(r"[_-]?\d+$", "", label) or label
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread group of a process (from /proc: exact, where samples are estimates)."""
+def python_thread_names(spy: str, pid: int) -> dict[str, str]:
+    """Native thread id -> Python thread name, from ``py-spy dump`` (the kernel's name of a Python thread is
+    its process's, so /proc alone cannot tell a decode thread from the batcher)."""
+    out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60,
+                         check=False).stdout
+    return dict(re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M))
+
+
+def thread_cpu(pid: int, names: dict[str, str] | None = None) -> dict[str, float]:
+    """CPU seconds of each thread group of a process (from /proc: exact, where samples are estimates); threads
+    named by ``names`` where given (native threads, e.g. TFLite's or XNNPACK's, keep the kernel's name)."""
     totals: collections.Counter[str] = collections.Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
+            name = (names or {}).get(task.name) or (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
@@ -51,12 +60,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return dict(totals)
 
 
-def tree_thread_cpu(root: int) -> dict[str, float]:
+def tree_thread_cpu(root: int, names: dict[int, dict[str, str]] | None = None) -> dict[str, float]:
     """``thread_cpu`` over a server's process tree: its workers' thread groups summed, the supervisor's apart."""
     totals: collections.Counter[str] = collections.Counter()
     for pid in tree_pids(root):
         prefix = "supervisor " if pid == root and len(tree_pids(root)) > 1 else ""
-        for group, seconds in thread_cpu(pid).items():
+        for group, seconds in thread_cpu(pid, (names or {}).get(pid)).items():
             totals[prefix + group] += seconds
     return dict(totals)
 
@@ -126,20 +135,21 @@ def main() -> int:
         raw = args.raw or Path(tempfile.mkdtemp(prefix="cxr-spy-")) / "stacks.txt"
         root = server.proc.pid
         workers = len(tree_pids(root)) > 1  # a supervisor and its workers: sample every process of the tree
+        names = {pid: python_thread_names(spy, pid) for pid in tree_pids(root)}  # after the warm-up: all started
         spy_proc = subprocess.Popen([spy, "record", "--pid", str(root), "--threads", "--nonblocking",
                                      *(["--subprocesses"] if workers else []),
                                      *(["--gil"] if args.gil else []), "--rate", str(args.rate),
                                      "--duration", str(args.duration), "--format", "raw", "--output", str(raw)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         cpu_before = tree_cpu_seconds(server.proc.pid)
-        threads_before = tree_thread_cpu(root)
+        threads_before = tree_thread_cpu(root, names)
         result: dict = {}
         load = threading.Thread(target=lambda: result.update(run_wrk(
             url, upload, connections=args.connections, seconds=args.duration, threads=1, workdir=workdir)))
         load.start()
         load.join()
         cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
-        threads_after = tree_thread_cpu(root)
+        threads_after = tree_thread_cpu(root, names)
         spy_proc.wait(timeout=60)
         ok = sum(n for status, n in result["statuses"].items() if str(status).startswith("2"))
         seconds = result["duration_us"] / 1e6

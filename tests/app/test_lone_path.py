@@ -5,10 +5,12 @@ Concurrent requests still batch (tests/app/test_predict.py::test_concurrent_requ
 
 from __future__ import annotations
 
+import io
 import threading
 
 import numpy as np
 from app_harness import Running
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import dataplane as dataplane_module
@@ -74,4 +76,13 @@ def test_a_large_lone_upload_goes_to_a_decode_thread_that_runs_the_model_on_ever
                                                                                          monkeypatch):
     monkeypatch.setattr(dataplane_module, "LONE_ON_LOOP_MAX_BYTES", 0)
     calls, _ = post_recording(server, fullres_images[0].read_bytes())
+    assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls
+
+
+def test_a_lone_png_is_prepared_in_a_decode_thread(server, fullres_images):
+    """A small PNG may still be slow to decode (a smooth film compresses well): never on the event loop."""
+    image = Image.open(fullres_images[0])
+    buffer = io.BytesIO()
+    image.convert("L").save(buffer, format="PNG")
+    calls, _ = post_recording(server, buffer.getvalue())
     assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls
