@@ -4,11 +4,13 @@ REST routes (/predict and the v2 protocol) only parse requests and shape respons
 CPU work (decode, preprocess) runs in a thread pool. The decode thread hands its input to the batcher itself
 (``submit_or_run``): an image that finds the batcher idle runs there at once, one under load joins a batch.
 
-A lone image, the only request and image in flight in this worker and a JPEG small enough that its work takes a
-few milliseconds, runs on the event loop itself: the two thread hand-offs (to a decode thread and back), which
-cost a lone request ~0.5 ms of waking threads, buy nothing when there is nothing else to do. When no other
-worker has an image in flight either, its model call uses every core (app/inflight.py), as a single process
-would.
+In a worker with one core's share (one decode thread: the default, a worker per core), an image that is all the
+worker has started (its only request and image in flight) and a JPEG small enough that its work takes a few
+milliseconds runs on the event loop itself: the two thread hand-offs (to the decode thread and back) cost a lone
+request ~0.5 ms of waking threads. Under load such a worker then often works through its requests one after
+another, in the order its loop reads them: measured as fast as handing them to its one decode thread
+(benchmarks/README.md). When no other worker has a request in flight either, a lone
+image's model call uses every core (app/inflight.py), as a single process would.
 """
 
 from __future__ import annotations
@@ -142,6 +144,9 @@ class DataPlane:
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.explainers = ExplainerCache(settings.explain_layer)
         self.inflight = InFlight.from_env()
+        # a worker with one core's share (the default: a worker per core) loses no parallelism by preparing an
+        # image on its loop; one with more keeps its decode threads busy instead (the module's docstring)
+        self.loop_inline = settings.decode_threads == 1
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -206,7 +211,7 @@ class DataPlane:
         # the batcher may wait (up to max delay) for this image while it decodes. Not inline with explain: the
         # Grad-CAM map (a decode thread) then runs beside the model call (the batcher's thread)
         with model.batcher.expecting() as announcement:
-            if alone and cheap_to_decode(data):  # nothing else to do meanwhile: no hand-offs
+            if alone and self.loop_inline and cheap_to_decode(data):  # nothing else started: no hand-offs
                 prepared, submitted = self._prepare_and_submit(data, model, ticket=ticket, announcement=announcement,
                                                                slot=slot, inline=True, alone=True)
             else:

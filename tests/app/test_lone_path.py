@@ -1,26 +1,39 @@
-"""The lone-request path through the real app: a lone upload is prepared and run on the event loop (no hop to a
-decode thread, the batcher's worker and back), with the same metrics; a large one in a decode thread, which runs
-the model itself when the batcher is idle; when no other worker has an image in flight, on every core.
-Concurrent requests still batch (tests/app/test_predict.py::test_concurrent_requests_each_get_their_own_answer)."""
+"""The lone-request path through the real app. In a worker with one core's share (one decode thread), a lone
+JPEG is prepared and run on the event loop (no hop to a decode thread and back), with the same metrics; a large
+upload or a PNG goes to the decode thread, which runs the model itself when the batcher is idle; so does any
+upload in a worker with several decode threads. When no other worker has a request in flight, the model call
+runs on every core. Concurrent requests still batch
+(tests/app/test_predict.py::test_concurrent_requests_each_get_their_own_answer)."""
 
 from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
-from app_harness import Running
+import pytest
+from app_harness import SERVER_SETTINGS, Running, serve
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import dataplane as dataplane_module
 from app.inflight import InFlight
+from app.settings import Settings
 
 
 def stage_counts(server: Running) -> dict[str, float]:
     family = next(f for f in text_string_to_metric_families(server.client.get("/metrics").text)
                   if f.name == "cxr_stage_duration_seconds")
     return {s.labels["stage"]: s.value for s in family.samples if s.name == "cxr_stage_duration_seconds_count"}
+
+
+@pytest.fixture(scope="module")
+def one_core(shipped_model: Path) -> Iterator[Running]:
+    """A worker with one core's share (one decode thread), as CXR_WORKERS=auto starts each worker."""
+    with serve(Settings(**SERVER_SETTINGS, decode_threads=1)) as running:
+        yield running
 
 
 def post_recording(server: Running, data: bytes) -> tuple[list[tuple[str, str]], dict]:
@@ -45,7 +58,8 @@ def post_recording(server: Running, data: bytes) -> tuple[list[tuple[str, str]],
     return calls, response.json()
 
 
-def test_a_lone_request_runs_on_the_event_loop_and_on_every_core(server, fullres_images):
+def test_a_lone_request_runs_on_the_event_loop_and_on_every_core(one_core, fullres_images):
+    server = one_core
     before = stage_counts(server)
     calls, answer = post_recording(server, fullres_images[0].read_bytes())
     assert calls == [("test-uvicorn", "wide")], calls  # app_harness runs uvicorn's loop in "test-uvicorn"
@@ -56,7 +70,8 @@ def test_a_lone_request_runs_on_the_event_loop_and_on_every_core(server, fullres
         assert after.get(stage, 0) == before.get(stage, 0) + 1, stage
 
 
-def test_a_lone_request_stays_on_its_share_while_another_worker_is_busy(server, fullres_images, tmp_path):
+def test_a_lone_request_stays_on_its_share_while_another_worker_is_busy(one_core, fullres_images, tmp_path):
+    server = one_core
     dataplane = server.app.state.dataplane
     mine, other = InFlight(tmp_path), InFlight(tmp_path)  # this worker and another one, sharing a run folder
     original, dataplane.inflight = dataplane.inflight, mine
@@ -72,17 +87,24 @@ def test_a_lone_request_stays_on_its_share_while_another_worker_is_busy(server, 
         other.close()
 
 
-def test_a_large_lone_upload_goes_to_a_decode_thread_that_runs_the_model_on_every_core(server, fullres_images,
+def test_a_large_lone_upload_goes_to_a_decode_thread_that_runs_the_model_on_every_core(one_core, fullres_images,
                                                                                          monkeypatch):
     monkeypatch.setattr(dataplane_module, "LONE_ON_LOOP_MAX_BYTES", 0)
-    calls, _ = post_recording(server, fullres_images[0].read_bytes())
+    calls, _ = post_recording(one_core, fullres_images[0].read_bytes())
     assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls
 
 
-def test_a_lone_png_is_prepared_in_a_decode_thread(server, fullres_images):
+def test_a_lone_png_is_prepared_in_a_decode_thread(one_core, fullres_images):
     """A small PNG may still be slow to decode (a smooth film compresses well): never on the event loop."""
     image = Image.open(fullres_images[0])
     buffer = io.BytesIO()
     image.convert("L").save(buffer, format="PNG")
-    calls, _ = post_recording(server, buffer.getvalue())
+    calls, _ = post_recording(one_core, buffer.getvalue())
+    assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls
+
+
+def test_a_worker_with_several_cores_prepares_even_a_lone_jpeg_in_a_decode_thread(server, fullres_images):
+    """Several decode threads (CXR_WORKERS below the core count): they keep the cores busy, the loop stays free."""
+    assert server.app.state.settings.decode_threads > 1 or pytest.skip("one usable core: one decode thread")
+    calls, _ = post_recording(server, fullres_images[0].read_bytes())
     assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls
