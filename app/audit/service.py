@@ -12,9 +12,10 @@ from app.audit.drift import band, reference_of
 from app.audit.hook import AuditHook, Tracked
 from app.audit.monitoring import window_stats
 from app.audit.ticket import Ticket
-from app.audit.writer import AuditWriter, WriterStats
+from app.audit.writer import MIGRATE_LOCK, AuditWriter, WriterStats
 from app.errors import AuditUnavailableError
 from app.metrics import Metrics
+from app.rundir import file_lock, lock_path
 from app.settings import Settings
 
 log = logging.getLogger("cxr.audit")
@@ -83,7 +84,10 @@ class Audit:
         writer keeps retrying (a store may come up later); readiness is red meanwhile only when required."""
         assert self.engine is not None
         try:
-            store.check_writable(self.engine)
+            # under the migration lock: a worker's first connection to a new SQLite file, beside another worker
+            # switching it to WAL and migrating it, was answered "database is locked" at once (seen at a start)
+            with file_lock(lock_path(MIGRATE_LOCK)):
+                store.check_writable(self.engine)
         except Exception as exc:  # any failure to write is the same fault to the operator
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
             consequence = ("readiness stays 503 and predictions are refused until it can be written"

@@ -29,6 +29,7 @@ from app.rundir import file_lock, lock_path
 log = logging.getLogger("cxr.audit")
 
 Row = dict[str, Any]
+MIGRATE_LOCK = "audit-migrate"  # the workers' first touches of the store, one at a time (also AuditService)
 Waiter = Future[None]
 
 
@@ -207,7 +208,7 @@ class AuditWriter:
 
     def _migrate(self) -> None:
         if self.migrate:
-            with file_lock(lock_path("audit-migrate")):  # workers of one cxr-serve: one migrates, then none
+            with file_lock(lock_path(MIGRATE_LOCK)):  # workers of one cxr-serve: one migrates, then none
                 store.upgrade(self.engine)
         else:
             store.ping(self.engine)

@@ -56,3 +56,28 @@ def test_bare_postgresql_url_means_psycopg3_and_password_never_shown() -> None:
     url = store.resolve_url("postgresql://cxr:s3cret@db:5432/audit", None)  # type: ignore[arg-type]
     assert url.startswith("postgresql+psycopg://")
     assert "s3cret" not in store.safe_url(url)
+
+
+def test_the_start_up_write_check_waits_while_another_worker_holds_the_migration_lock(tmp_path, monkeypatch):
+    """Workers of one cxr-serve touch a new SQLite store one at a time: the check runs under the migration lock
+    (a worker's first connection beside another's switch to WAL was answered "database is locked" at once)."""
+    import threading
+
+    from app.audit.service import Audit
+    from app.audit.writer import MIGRATE_LOCK
+    from app.metrics import Metrics
+    from app.rundir import RUN_DIR_ENV, file_lock, lock_path
+    from app.settings import Settings
+
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path))
+    audit = Audit(Settings(audit_path=tmp_path / "audit.db"), Metrics())
+    results: list[bool] = []
+    with file_lock(lock_path(MIGRATE_LOCK)):  # another worker migrating
+        checking = threading.Thread(target=lambda: results.append(audit.check_store()))
+        checking.start()
+        checking.join(0.5)
+        assert checking.is_alive() and not results, "the check did not wait for the migration lock"
+    checking.join(10)
+    assert results == [True]
+    assert audit.engine is not None
+    audit.engine.dispose()
