@@ -9,8 +9,8 @@ worker has started (its only request and image in flight) and a JPEG small enoug
 milliseconds runs on the event loop itself: the two thread hand-offs (to the decode thread and back) cost a lone
 request ~0.5 ms of waking threads. Under load such a worker then often works through its requests one after
 another, in the order its loop reads them: measured as fast as handing them to its one decode thread
-(benchmarks/README.md). When no other worker has a request in flight either, a lone
-image's model call uses every core (app/inflight.py), as a single process would.
+(benchmarks/README.md). When no other worker has a request in flight either, a lone image's model call uses
+every core (app/inflight.py), as a single process would.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ LONE_ON_LOOP_MAX_BYTES = 512 * 1024
 
 
 def cheap_to_decode(data: bytes) -> bool:
+    """A JPEG of at most LONE_ON_LOOP_MAX_BYTES: few milliseconds of work, known before decoding it."""
     return len(data) <= LONE_ON_LOOP_MAX_BYTES and sniff_format(data) == "JPEG"
+
+
 NOTICE = "Decision support for qualified readers; not a diagnosis. A clinician must review every result."
 
 
@@ -153,7 +156,8 @@ class DataPlane:
         self.inflight.close()
 
     def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None) -> Prepared:
-        """decode -> gate -> preprocess, in a decode thread. The gate refuses (raises) before the model."""
+        """decode -> gate -> preprocess, in a decode thread (or on the loop: a lone JPEG). The gate refuses (raises)
+        before the model."""
         started = time.perf_counter()
         if ticket is not None:  # the audit's input hash and format, here so hashing stays off the event loop
             ticket.describe_bytes(data)

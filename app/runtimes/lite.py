@@ -118,10 +118,12 @@ class TFLiteInt8Runtime(Runtime):
         # a worker's share of the cores is less than the machine (several workers): a lone image may take all
         every = usable_cpus()
         self._wide = _Bucket(interpreter_class, flatbuffer, one, every) if every > threads else None
-        if self._wide is not None and self._wide_matches(one):
+        if self._wide is not None and self._wide_matches(one, every, threads):
             self.wide = self._predict_wide
+        else:
+            self._wide = None
 
-    def _wide_matches(self, one: tuple[int, ...]) -> bool:
+    def _wide_matches(self, one: tuple[int, ...], every: int, threads: int) -> bool:
         """XNNPACK splits a layer's outputs between threads, so the answer should not depend on their number:
         checked (bit for bit) before the wide interpreter is used, as the runtime itself is on the golden set."""
         assert self._wide is not None
@@ -129,7 +131,7 @@ class TFLiteInt8Runtime(Runtime):
         if np.array_equal(self._wide.run(x), self._lone.run(x)):
             return True
         log.warning("runtime %s: %d threads answer differently from %d; a lone image stays on its worker's "
-                    "share of the cores", self.name, usable_cpus(), compute_threads())
+                    "share of the cores", self.name, every, threads)
         return False
 
     def _predict_wide(self, batch: np.ndarray) -> np.ndarray:
