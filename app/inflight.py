@@ -1,4 +1,4 @@
-"""How many images each worker of one ``cxr-serve`` has in flight, so that a lone image may use the whole machine.
+"""What each worker of one ``cxr-serve`` has in flight, so that a lone image may use the whole machine.
 
 With one worker per core, a worker's model runs on one thread: right under load, when every core is busy with
 its own worker, but a lone image then leaves the other cores idle (the int8 model takes ~1.0 ms on one thread,
@@ -7,7 +7,7 @@ core (app/dataplane.py).
 
 Each worker publishes its count (requests and images in flight) in one 8-byte slot of a small shared file in
 the run directory (a slot is claimed with a lock file that the kernel releases when the worker dies; its
-replacement zeroes it). A worker writes only its own slot, and an aligned 8-byte store is atomic, so no lock is
+next worker to start zeroes it). A worker writes only its own slot, and an aligned 8-byte store is atomic, so no lock is
 taken per request; reading every slot costs about a microsecond. Without a run directory (one process) there
 are no others.
 """
@@ -27,10 +27,13 @@ FILE = "inflight"
 
 
 class InFlight:
+    """This worker's requests and images in flight, published for the others; theirs, read."""
+
     def __init__(self, folder: Path | None) -> None:
         # in flight in this worker, touched on its event loop only: HTTP requests (any route) and images
         self.requests = 0
         self.images = 0
+        self._map: mmap.mmap | None = None
         self._slots: memoryview | None = None
         self._slot = -1
         self._lock_fd: int | None = None
@@ -59,6 +62,10 @@ class InFlight:
             os.close(fd)
         self._slots = memoryview(self._map).cast("q")
         self._slots[self._slot] = 0  # a dead predecessor's count is not ours
+        for other in range(SLOTS):  # nor is any count in a slot nobody holds: a dead worker's, never cleared
+            if other != self._slot and (fd := try_lock(folder / f"{FILE}-{other}.lock")) is not None:
+                self._slots[other] = 0  # a worker takes its lock before it writes: none can be writing now
+                os.close(fd)
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -88,17 +95,17 @@ class InFlight:
             self._slots[self._slot] = self.requests + self.images
 
     def others_busy(self) -> bool:
-        """Whether another worker has an image in flight: never for a single process; always for a worker
-        without a slot (more workers than slots), which cannot see the others."""
+        """Whether another worker has a request or image in flight: never for a single process; always for a
+        worker without a slot (more workers than slots), which cannot see the others."""
         if self._slots is None:
             return not self._single
         return sum(self._slots) != self._slots[self._slot]
 
     def close(self) -> None:
-        if self._slots is not None:
+        if self._slots is not None and self._map is not None:
             self._slots.release()
             self._map.close()
-            self._slots = None
+            self._slots = self._map = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

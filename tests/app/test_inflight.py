@@ -38,16 +38,26 @@ def test_each_worker_sees_the_others_requests_and_images_in_flight_not_its_own(t
         second.close()
 
 
-def test_a_dead_workers_count_is_cleared_by_the_worker_that_takes_its_slot(tmp_path: Path):
-    dead, watcher = InFlight(tmp_path), InFlight(tmp_path)
+def test_a_dead_workers_count_is_cleared_by_the_next_worker_to_start(tmp_path: Path):
+    watcher, dead = InFlight(tmp_path), InFlight(tmp_path)
     with dead.image():
         dead.close()  # as if killed mid-request: its count stays in the file, its slot lock is released
     assert watcher.others_busy()
-    replacement = InFlight(tmp_path)  # claims the free slot and zeroes it
+    replacement = InFlight(tmp_path)  # takes the free slot and zeroes it
     try:
         assert not watcher.others_busy()
     finally:
         replacement.close()
+    low, high = InFlight(tmp_path), InFlight(tmp_path)
+    with high.image():
+        high.close()  # dies in a higher slot than the one the next worker takes
+    low.close()
+    assert watcher.others_busy()
+    newcomer = InFlight(tmp_path)  # takes the lower free slot; the higher one's stale count is cleared too
+    try:
+        assert not watcher.others_busy()
+    finally:
+        newcomer.close()
         watcher.close()
 
 
