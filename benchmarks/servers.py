@@ -184,7 +184,7 @@ class Server:
         """To the whole server: its process group (our own session) and each process of its tree, for any
         worker that left the group (a SIGSTOP that missed one would let it run while another server is timed).
 
-        A supervisor is stopped first and woken last: uvicorn's pings each worker every 0.5 s and kills one
+        A supervisor is stopped first and woken last: uvicorn's supervisor pings each worker every 0.5 s and kills one
         that has not answered within 5 s of wall time, and a stop longer than that, with the supervisor woken
         before the worker's answer, restarts a healthy worker (seen: a turn of 503 not_ready while it loaded)."""
         if self.proc is None or self.proc.poll() is not None:
