@@ -11,7 +11,6 @@ route's metrics label.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import uuid
@@ -125,15 +124,6 @@ def predict_requests(server: Running) -> float:
                if sample.name.endswith("_total") and sample.labels.get("route") == "/predict")
 
 
-def colourful_jpeg() -> bytes:
-    rng = np.random.default_rng(7)
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB").save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
 def test_common_requests_take_the_fast_path_and_answer_as_the_route(server, film, fast_checks):
     points = server.client.get("/models", headers=AUTH).json()
     names = re.findall(r'"(screening|balanced)"', json.dumps(points))
@@ -171,7 +161,7 @@ def test_common_requests_take_the_fast_path_and_answer_as_the_route(server, film
     assert_same(fast, route, ids)
 
 
-def test_refusals_on_the_fast_path_are_the_routes(server, film, fast_checks):
+def test_refusals_on_the_fast_path_are_the_routes(server, film, fast_checks, gate_dir):
     tiff_header = b"II*\x00" + bytes(60)
     cases = {
         "no credentials": ({}, film),
@@ -180,7 +170,8 @@ def test_refusals_on_the_fast_path_are_the_routes(server, film, fast_checks):
         "over the per-file limit": (AUTH, film + bytes(SERVER_SETTINGS["max_upload_bytes"])),
         "not an image": (AUTH, b"this is not an image" * 10),
         "a damaged TIFF": (AUTH, tiff_header),
-        "not a radiograph (colour)": (AUTH, colourful_jpeg()),
+        "not a radiograph (a colour fundus photo)": (
+            AUTH, sorted((gate_dir / "not_cxr" / "fundus").glob("*.png"))[0].read_bytes()),
         "a tiny image": (AUTH, encode(np.full((8, 8), 128, np.uint8), "PNG")),
     }
     for name, (headers, data) in cases.items():

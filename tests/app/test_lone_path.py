@@ -7,7 +7,6 @@ runs on every core. Concurrent requests still batch
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_harness import SERVER_SETTINGS, Running, serve
-from PIL import Image
+from image_factory import encode, real_xray
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import dataplane as dataplane_module
@@ -96,10 +95,7 @@ def test_a_large_lone_upload_goes_to_a_decode_thread_that_runs_the_model_on_ever
 
 def test_a_lone_png_is_prepared_in_a_decode_thread(one_core, fullres_images):
     """A small PNG may still be slow to decode (a smooth film compresses well): never on the event loop."""
-    image = Image.open(fullres_images[0])
-    buffer = io.BytesIO()
-    image.convert("L").save(buffer, format="PNG")
-    calls, _ = post_recording(one_core, buffer.getvalue())
+    calls, _ = post_recording(one_core, encode(real_xray(fullres_images[0]), "PNG"))
     assert len(calls) == 1 and calls[0][0].startswith("decode") and calls[0][1] == "wide", calls
 
 
