@@ -17,6 +17,7 @@ from app.logs import configure_logging
 from app.main import create_app
 from app.metrics import multiprocess_dir
 from app.model_manager import configured_point_problem
+from app.pinning import PIN_ENV, plan_pinning
 from app.rundir import METRICS_SUBDIR, RUN_DIR_ENV, created_run_dir
 from app.settings import Settings, SettingsError
 from app.tls import uvicorn_options
@@ -73,9 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_workers(settings.workers, settings.device, settings.runtime)
     shares = share_environment(plan, dict(os.environ))
     os.environ.update(shares)  # before TensorFlow is imported: it reads TF_NUM_INTRAOP_THREADS once
+    os.environ.pop(PIN_ENV, None)  # the supervisor decides it, below
     log.info("%d worker process(es): %s; threads per worker: %s", plan.workers, plan.reason, ", ".join(
         f"{name}={os.environ.get(name)}" + ("" if name in shares else " (set by you)") for name in SHARED_THREADS))
     if plan.workers > 1:
+        pinned = plan_pinning(plan.workers, int(os.environ.get("CXR_DECODE_THREADS", "0")), settings.pin_workers)
+        if pinned is not None:
+            os.environ[PIN_ENV] = pinned
+            log.info("each worker on a CPU of its own (CPUs %s; CXR_PIN_WORKERS=false leaves it to the kernel)",
+                     pinned)
         run_workers(plan, common)
         return 0
     for name in (RUN_DIR_ENV, "PROMETHEUS_MULTIPROC_DIR"):  # one process shares nothing

@@ -41,6 +41,11 @@ class InFlight:
         if folder is not None:
             self._attach(folder)
 
+    @property
+    def slot(self) -> int:
+        """This worker's slot among the workers (-1: one process, or more workers than slots)."""
+        return self._slot
+
     @classmethod
     def from_env(cls) -> InFlight:
         return cls(run_dir())

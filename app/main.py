@@ -21,6 +21,7 @@ from app.fast_predict import FastPredict
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_manager import ModelManager
+from app.pinning import pin_worker
 from app.routes import include_routers
 from app.routes.health import local_not_ready_reason
 from app.rundir import run_dir
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
+    pin_worker(dataplane.inflight.slot)  # before the worker starts threads of its own: they inherit its CPU
     access = AccessControl(settings)
     access.log_start()
     audit = Audit(settings, metrics, access=access)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from app.pinning import every_cpu, started_cpu_count
 from app.runtimes.base import CONVERSIONS, Runtime, RuntimeUnavailable
 from app.workers import usable_cpus
 from model_store.artifact import LoadedArtifact
@@ -116,9 +117,11 @@ class TFLiteInt8Runtime(Runtime):
         self._workers = [_Bucket(interpreter_class, flatbuffer, one, 1) for _ in range(threads)] if threads > 1 else []
         self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="tflite") if threads > 1 else None
         # a worker's share of the cores is less than the machine (several workers): a lone image may take all
-        every = usable_cpus()
-        self._wide = _Bucket(interpreter_class, flatbuffer, one, every) if every > threads else None
-        if self._wide is not None and self._wide_matches(one, every, threads):
+        every = usable_cpus(started_cpu_count())  # a pinned worker's own mask is one CPU: the machine's count
+        with every_cpu():  # a pinned worker's (app/pinning.py): the wide pool's threads may use every core
+            self._wide = _Bucket(interpreter_class, flatbuffer, one, every) if every > threads else None
+            matches = self._wide is not None and self._wide_matches(one, every, threads)
+        if matches:
             self.wide = self._predict_wide
         else:
             self._wide = None

@@ -217,3 +217,21 @@ def test_every_answer_has_exactly_one_audit_record(service):
         duplicates = db.execute("SELECT request_id, COUNT(*) FROM audit_records GROUP BY request_id "
                                 "HAVING COUNT(*) > 1").fetchall()
     assert duplicates == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="the service pins its two workers only where the "
+                    "affinity mask holds exactly two CPUs")
+def test_each_worker_replacements_included_runs_every_thread_on_a_cpu_of_its_own(service):
+    """Runs last: the worker that replaced the one killed above has taken its predecessor's CPU."""
+    workers = [w["pid"] for w in service.ready().json()["workers"]]
+    cpus = []
+    for pid in workers:
+        threads = {task.name: (task / "status").read_text() for task in Path(f"/proc/{pid}/task").iterdir()}
+        masks = {tid: re.search(r"^Cpus_allowed_list:\s*(\S+)", text, re.M)[1] for tid, text in threads.items()}
+        main = masks.pop(str(pid))
+        assert main.isdigit(), f"worker {pid}'s event loop may run on CPUs {main}"
+        # the one exception: the lone image's every-core interpreter (CXR_RUNTIME=keras here: none)
+        assert set(masks.values()) == {main}, f"worker {pid}'s threads: {masks}"
+        cpus.append(main)
+    assert sorted(cpus) == sorted(str(c) for c in os.sched_getaffinity(0)), cpus
+    assert "each worker on a CPU of its own" in service.process.log_text()
