@@ -21,7 +21,7 @@ from app.fast_predict import FastPredict
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_manager import ModelManager
-from app.pinning import pin_worker
+from app.pinning import Placement, pin_worker
 from app.routes import include_routers
 from app.routes.health import local_not_ready_reason
 from app.rundir import run_dir
@@ -42,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
     pin_worker(dataplane.inflight.slot)  # before the worker starts threads of its own: they inherit its CPU
+    inflight = dataplane.inflight
+    placement = Placement(lambda: inflight.requests + inflight.images, inflight.others_busy)
     access = AccessControl(settings)
     access.log_start()
     audit = Audit(settings, metrics, access=access)
@@ -66,9 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dicom_node.start(asyncio.get_running_loop())
         if sync is not None:
             sync.start()
+        placing = asyncio.create_task(placement.watch()) if placement.active else None
         try:
             yield
         finally:
+            if placing is not None:
+                placing.cancel()
             if dicom_node is not None:  # first: its accepted images still need the model
                 await asyncio.to_thread(dicom_node.stop, settings.graceful_timeout)
             # blocking drains, kept off the event loop so responses still in flight can be sent

@@ -1,28 +1,39 @@
-"""A worker per CPU, each on its own CPU.
+"""A worker per CPU, each on its own CPU while the others work too.
 
 With a worker per CPU of the affinity mask (``CXR_WORKERS=auto`` on CPU), the supervisor names the CPUs in
-``CXR_PIN_CPUS`` and each worker pins its threads to the one of its in-flight slot (app/inflight.py; a
+``CXR_PIN_CPUS`` and each worker pins its threads to the CPU of its in-flight slot (app/inflight.py; a
 replacement takes its dead predecessor's slot, so its CPU too). Left to the kernel, each worker's loop, decode and
 batcher threads move between both CPUs and among the other worker's: pinned, a 2-CPU machine at 64 connections
 gave x1.07-1.13 answers per second at full resolution and x1.02-1.08 at 224x224, with 3-8 % less CPU per answer
 (benchmarks/README.md).
 
+A pinned worker could not use a CPU its peers leave idle: the kernel hands a burst of new connections to
+whichever worker accepts first, and once one worker held all 64 of a benchmark's connections, pinned, it served
+388 answers per second against ~640. So :class:`Placement` looks every 0.1 s: a worker with work while every
+other worker is idle (three checks in a row) spreads its threads over every CPU, and pins them again once another
+worker has work or it has none (three checks in a row: a busy worker's count is often zero between requests).
+
 Threads inherit their creator's CPUs, so pinning the worker's threads early pins every thread it starts later.
 The exception is the lone image's every-core interpreter (``TFLiteInt8Runtime.wide``): its pool is created
-inside :func:`every_cpu`, with the CPUs the worker started with.
+inside :func:`every_cpu`, with every CPU, and is left so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("cxr.workers")
 
 PIN_ENV = "CXR_PIN_CPUS"  # set by the supervisor: "0,1", the CPUs in slot order
-_STARTED_WITH: dict[str, set[int]] = {}  # "cpus": this process's CPUs before it pinned itself (absent: not pinned)
+CHECK_INTERVAL_S = 0.1
+SETTLE_CHECKS = 3  # a placement changes after this many checks in a row call for it (0.3 s)
+# "cpus": this process's CPUs before it pinned itself (absent: not pinned); "own": the CPU it pins to
+_STATE: dict[str, set[int]] = {}
+_EVERY_CPU_THREADS: set[int] = set()  # threads started inside every_cpu(): never pinned
 
 
 def plan_pinning(workers: int, share: int, enabled: bool) -> str | None:
@@ -35,6 +46,18 @@ def plan_pinning(workers: int, share: int, enabled: bool) -> str | None:
     return ",".join(map(str, cpus)) if len(cpus) == workers else None
 
 
+def _threads() -> list[int]:
+    return [int(task) for task in os.listdir("/proc/self/task")]
+
+
+def _place(cpus: set[int]) -> None:
+    """Every thread of this process so far (but the every-core pools) on ``cpus``; later ones inherit it."""
+    for tid in _threads():
+        if tid not in _EVERY_CPU_THREADS:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, cpus)
+
+
 def pin_worker(slot: int, environ: dict[str, str] | None = None) -> int | None:
     """Pin every thread of this process to the CPU of ``slot`` in CXR_PIN_CPUS; that CPU, or None where the
     supervisor asked for no pinning (or the slot has no CPU: more workers than slots)."""
@@ -43,30 +66,63 @@ def pin_worker(slot: int, environ: dict[str, str] | None = None) -> int | None:
     if not 0 <= slot < len(cpus):
         return None
     cpu = cpus[slot]
-    _STARTED_WITH.setdefault("cpus", set(os.sched_getaffinity(0)))
-    for task in os.listdir("/proc/self/task"):  # the threads started so far; later ones inherit it
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(task), {cpu})
+    _STATE.setdefault("cpus", set(os.sched_getaffinity(0)))
+    _STATE["own"] = {cpu}
+    _place({cpu})
     log.info("worker pinned to CPU %d (CXR_PIN_WORKERS)", cpu)
     return cpu
 
 
 def started_cpu_count() -> int | None:
     """How many CPUs this worker had before it pinned itself; None where it is not pinned."""
-    every = _STARTED_WITH.get("cpus")
+    every = _STATE.get("cpus")
     return len(every) if every is not None else None
 
 
 @contextlib.contextmanager
 def every_cpu() -> Iterator[None]:
-    """Threads created inside may run on every CPU the worker started with (a pool meant to use all of them)."""
-    every = _STARTED_WITH.get("cpus")
+    """Threads created inside may run on every CPU the worker started with, and are never pinned (a pool meant to
+    use all of them)."""
+    every = _STATE.get("cpus")
     if every is None:
         yield
         return
-    own = os.sched_getaffinity(0)
+    own, before = os.sched_getaffinity(0), set(_threads())
     os.sched_setaffinity(0, every)
     try:
         yield
     finally:
+        _EVERY_CPU_THREADS.update(set(_threads()) - before)
         os.sched_setaffinity(0, own)
+
+
+class Placement:
+    """Whether a pinned worker's threads keep to its CPU (others have work too) or spread over every CPU (it has
+    work and every other worker is idle). ``mine``: this worker's requests and images in flight; ``others_busy``:
+    whether another worker has any (app/inflight.py)."""
+
+    def __init__(self, mine: Callable[[], int], others_busy: Callable[[], bool], settle: int = SETTLE_CHECKS) -> None:
+        self.mine = mine
+        self.others_busy = others_busy
+        self.settle = settle
+        self.spread = False
+        self._agreeing = 0  # consecutive checks that called for the other placement
+
+    @property
+    def active(self) -> bool:
+        return "own" in _STATE
+
+    def update(self) -> None:
+        if not self.active:
+            return
+        spread = self.mine() > 0 and not self.others_busy()
+        self._agreeing = self._agreeing + 1 if spread != self.spread else 0
+        if self._agreeing >= self.settle:  # counts read at one instant: a busy peer is often idle between requests
+            _place(_STATE["cpus"] if spread else _STATE["own"])
+            self.spread, self._agreeing = spread, 0
+
+    async def watch(self, interval: float = CHECK_INTERVAL_S) -> None:
+        """Runs on the worker's event loop until cancelled (a pinned worker only)."""
+        while self.active:
+            self.update()
+            await asyncio.sleep(interval)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.pinning import PIN_ENV, pin_worker, plan_pinning, started_cpu_count
+from app.pinning import PIN_ENV, Placement, pin_worker, plan_pinning, started_cpu_count
 
 REPO = Path(__file__).resolve().parents[2]
 CPUS = sorted(os.sched_getaffinity(0))
@@ -102,3 +102,62 @@ def test_the_int8_runtime_of_a_pinned_worker_keeps_its_every_core_predict_on_eve
     assert out["wide"] and out["same"], "a pinned worker lost the every-core predict of a lone image"
     assert out["main"] == [CPUS[0]]
     assert CPUS in out["masks"], f"no thread of the wide interpreter may use every CPU: {out['masks']}"
+
+
+def test_placement_does_nothing_in_a_worker_that_is_not_pinned():
+    placement = Placement(lambda: 5, lambda: False)
+    assert not placement.active
+    placement.update()
+    assert not placement.spread
+
+
+@two_cpus
+def test_a_pinned_worker_alone_with_work_spreads_over_every_cpu_and_pins_again_when_others_work_or_it_idles():
+    out = run_child("""
+        import json, os, threading
+        from app.pinning import Placement, every_cpu, pin_worker
+
+        stop = threading.Event()
+        def masks():
+            return sorted({tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")})
+
+        worker = threading.Thread(target=stop.wait)
+        worker.start()  # a thread of the worker's own, started after it pinned itself below
+        pin_worker(0)
+        with every_cpu():
+            pool = threading.Thread(target=stop.wait)
+            pool.start()
+        pool_tid = pool.native_id
+        mine, others = [3], [False]
+        placement = Placement(lambda: mine[0], lambda: others[0], settle=2)
+        seen = {"pinned": masks()}
+        placement.update()
+        seen["alone with work once"] = masks()
+        placement.update()
+        seen["alone with work"] = masks()
+        others[0] = True
+        placement.update()
+        others[0] = False
+        placement.update()
+        seen["others worked once"] = masks()  # a peer's count read between two of its requests: no change
+        others[0] = True
+        placement.update()
+        placement.update()
+        seen["others work"] = masks()
+        others[0] = False
+        placement.update()
+        placement.update()
+        seen["alone again"] = masks()
+        mine[0] = 0
+        placement.update()
+        placement.update()
+        seen["idle"] = masks()
+        seen["pool"] = sorted(os.sched_getaffinity(pool_tid))
+        stop.set()
+        print(json.dumps(seen))
+    """, **{PIN_ENV: ",".join(map(str, CPUS))})
+    every, own = CPUS, [CPUS[0]]
+    assert out["pinned"] == out["alone with work once"] == sorted([own, every])  # the every-core pool apart
+    assert out["alone with work"] == out["others worked once"] == out["alone again"] == [every]
+    assert out["others work"] == out["idle"] == sorted([own, every])
+    assert out["pool"] == every
