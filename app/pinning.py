@@ -3,9 +3,9 @@
 With a worker per CPU of the affinity mask (``CXR_WORKERS=auto`` on CPU), the supervisor names the CPUs in
 ``CXR_PIN_CPUS`` and each worker pins its threads to the CPU of its in-flight slot (app/inflight.py; a
 replacement takes its dead predecessor's slot, so its CPU too). Left to the kernel, each worker's loop, decode and
-batcher threads move between both CPUs and among the other worker's: pinned, a 2-CPU machine at 64 connections
-gave x1.07-1.13 answers per second at full resolution and x1.02-1.08 at 224x224, with 3-8 % less CPU per answer
-(benchmarks/README.md).
+batcher threads move between the CPUs and among the other worker's: pinned, a 2-CPU machine at 64 connections
+gave x1.04-1.13 answers per second at full resolution with 2-8 % less CPU per answer (at 224x224, within its
+noise: benchmarks/README.md).
 
 A pinned worker could not use a CPU its peers leave idle: the kernel hands a burst of new connections to
 whichever worker accepts first, and once one worker held all 64 of a benchmark's connections, pinned, it served
