@@ -66,9 +66,15 @@ def pin_worker(slot: int, environ: dict[str, str] | None = None) -> int | None:
     if not 0 <= slot < len(cpus):
         return None
     cpu = cpus[slot]
-    _STATE.setdefault("cpus", set(os.sched_getaffinity(0)))
-    _STATE["own"] = {cpu}
-    _place({cpu})
+    every = set(os.sched_getaffinity(0))
+    try:
+        _place({cpu})
+    except OSError as exc:  # e.g. the container's CPUs changed since the supervisor looked: run unpinned
+        with contextlib.suppress(OSError):
+            _place(every)
+        log.warning("worker not pinned to CPU %d: %s", cpu, exc)
+        return None
+    _STATE.update(cpus=every, own={cpu})
     log.info("worker pinned to CPU %d (CXR_PIN_WORKERS)", cpu)
     return cpu
 
@@ -118,7 +124,12 @@ class Placement:
         spread = self.mine() > 0 and not self.others_busy()
         self._agreeing = self._agreeing + 1 if spread != self.spread else 0
         if self._agreeing >= self.settle:  # counts read at one instant: a busy peer is often idle between requests
-            _place(_STATE["cpus"] if spread else _STATE["own"])
+            try:
+                _place(_STATE["cpus"] if spread else _STATE["own"])
+            except OSError as exc:  # the CPUs changed under the worker: leave placement to the kernel from now on
+                _STATE.clear()
+                log.warning("worker placement stopped (left to the kernel): %s", exc)
+                return
             self.spread, self._agreeing = spread, 0
 
     async def watch(self, interval: float = CHECK_INTERVAL_S) -> None:

@@ -161,3 +161,19 @@ def test_a_pinned_worker_alone_with_work_spreads_over_every_cpu_and_pins_again_w
     assert out["alone with work"] == out["others worked once"] == out["alone again"] == [every]
     assert out["others work"] == out["idle"] == sorted([own, every])
     assert out["pool"] == every
+
+
+def test_a_cpu_the_worker_may_not_use_leaves_it_unpinned_and_says_so():
+    out = run_child("""
+        import json, logging, os
+        from app.pinning import Placement, log, pin_worker
+
+        said = []
+        log.addHandler(type("Keep", (logging.Handler,), {"emit": lambda self, r: said.append(r.getMessage())})())
+        before = sorted(os.sched_getaffinity(0))
+        cpu = pin_worker(0)  # the supervisor's list names a CPU outside this process's mask
+        print(json.dumps({"cpu": cpu, "same": sorted(os.sched_getaffinity(0)) == before,
+                          "active": Placement(lambda: 1, lambda: False).active, "said": said}))
+    """, **{PIN_ENV: "4095"})
+    assert (out["cpu"], out["same"], out["active"]) == (None, True, False)
+    assert len(out["said"]) == 1 and out["said"][0].startswith("worker not pinned to CPU 4095: "), out["said"]
