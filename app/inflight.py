@@ -42,6 +42,11 @@ class InFlight:
             self._attach(folder)
 
     @property
+    def count(self) -> int:
+        """This worker's requests and images in flight: what it publishes."""
+        return self.requests + self.images
+
+    @property
     def slot(self) -> int:
         """This worker's slot among the workers (-1: one process, or more workers than slots)."""
         return self._slot
@@ -97,7 +102,7 @@ class InFlight:
 
     def _publish(self) -> None:
         if self._slots is not None:
-            self._slots[self._slot] = self.requests + self.images
+            self._slots[self._slot] = self.count
 
     def others_busy(self) -> bool:
         """Whether another worker has a request or image in flight: never for a single process; always for a

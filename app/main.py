@@ -42,8 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     manager = ModelManager(settings, metrics)
     dataplane = DataPlane(settings, manager, metrics)
     pin_worker(dataplane.inflight.slot)  # before the worker starts threads of its own: they inherit its CPU
-    inflight = dataplane.inflight
-    placement = Placement(lambda: inflight.requests + inflight.images, inflight.others_busy)
+    placement = Placement(lambda: dataplane.inflight.count, dataplane.inflight.others_busy)
     access = AccessControl(settings)
     access.log_start()
     audit = Audit(settings, metrics, access=access)

@@ -50,6 +50,13 @@ def _threads() -> list[int]:
     return [int(task) for task in os.listdir("/proc/self/task")]
 
 
+def _cpus_of(tid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(tid)
+    except ProcessLookupError:  # it ended meanwhile
+        return None
+
+
 def _place(cpus: set[int]) -> None:
     """Every thread of this process so far (but the every-core pools) on ``cpus``; later ones inherit it."""
     for tid in _threads():
@@ -98,7 +105,8 @@ def every_cpu() -> Iterator[None]:
     try:
         yield
     finally:
-        _EVERY_CPU_THREADS.update(set(_threads()) - before)
+        # the threads this one started meanwhile (they inherited every CPU), not those another thread started
+        _EVERY_CPU_THREADS.update(tid for tid in set(_threads()) - before if _cpus_of(tid) == every)
         os.sched_setaffinity(0, own)
 
 

@@ -122,11 +122,19 @@ def test_a_pinned_worker_alone_with_work_spreads_over_every_cpu_and_pins_again_w
             return sorted({tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")})
 
         worker = threading.Thread(target=stop.wait)
-        worker.start()  # a thread of the worker's own, started after it pinned itself below
+        worker.start()  # a thread of the worker's own, started before it pinned itself below
         pin_worker(0)
+        go = threading.Event()
+        def starter():  # a pinned thread that starts one of its own while the pool is being made
+            go.wait()
+            threading.Thread(target=stop.wait).start()
+        side = threading.Thread(target=starter)
+        side.start()
         with every_cpu():
             pool = threading.Thread(target=stop.wait)
             pool.start()
+            go.set()
+            side.join()
         pool_tid = pool.native_id
         mine, others = [3], [False]
         placement = Placement(lambda: mine[0], lambda: others[0], settle=2)
@@ -158,6 +166,7 @@ def test_a_pinned_worker_alone_with_work_spreads_over_every_cpu_and_pins_again_w
     """, **{PIN_ENV: ",".join(map(str, CPUS))})
     every, own = CPUS, [CPUS[0]]
     assert out["pinned"] == out["alone with work once"] == sorted([own, every])  # the every-core pool apart
+    # every thread spreads, the one a pinned thread started during every_cpu() included
     assert out["alone with work"] == out["others worked once"] == out["alone again"] == [every]
     assert out["others work"] == out["idle"] == sorted([own, every])
     assert out["pool"] == every
