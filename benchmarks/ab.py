@@ -25,6 +25,13 @@ BASE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CXR_HOST": "1
             "CXR_ACCESS_LOG": "false", "CXR_GRACEFUL_TIMEOUT": "10"}
 
 
+def service_env(settings: list[str]) -> dict[str, str]:
+    """The environment of a cxr-serve under test: this one, the benchmarks' base settings, this checkout's model
+    store (unless CXR_MODEL_STORE names another), then ``settings`` (NAME=VALUE items)."""
+    return {**os.environ, **BASE_ENV, "CXR_MODEL_STORE": os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")),
+            **dict(item.split("=", 1) for item in settings)}
+
+
 def load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=os.environ.get("CXR_DATA_DIR", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--upload", choices=("224", "fullres"), default="224")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, load_arguments, prepare, run_turns, start, wait_ready
+from benchmarks.ab import load_arguments, prepare, run_turns, service_env, start, wait_ready
 from benchmarks.servers import REPO, Server, free_ports
 
 
@@ -57,8 +57,7 @@ def main() -> int:
                          check=True).stdout.strip()
     base = export(args.base)
     workdir, upload = prepare(args, "cxr-ab-code-")
-    shared = {**os.environ, **BASE_ENV, "CXR_MODEL_STORE": os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")),
-              **dict(item.split("=", 1) for item in args.env)}
+    shared = service_env(args.env)
     port_a, port_b = free_ports(2)
     names = (f"base {rev}", "working tree")
     servers = {}

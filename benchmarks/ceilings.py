@@ -23,9 +23,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
-from benchmarks.servers import REPO, Server, machine_busy_seconds
+from benchmarks.servers import BENCH, REPO, Server, machine_busy_seconds
 
 START_DELAY_S = 0.3  # every worker has read its line before the window opens
 
@@ -40,6 +42,14 @@ def summarize(results: list[dict]) -> dict:
             "wall_s": round(max(r["wall_s"] for r in results), 3), "cpu_s": round(cpu, 3),
             "per_process": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "upload"}
                             for r in results]}
+
+
+def inprocess_argv(uploads: list[tuple[str, Path]], *, store: str, name: str, version: str | None,
+                   batch_size: int, runtime: str, budget_s: float = 3.0) -> list[str]:
+    """The command line of an ``inprocess.py`` process (a ceiling worker, or load.py's in-process figures)."""
+    return [sys.executable, str(BENCH / "inprocess.py"), "--store", store, "--name", name, "--max-batch-size",
+            str(batch_size), "--budget-s", f"{budget_s:g}", "--runtime", runtime,
+            *(["--version", version] if version else []), *(f"{label}={path}" for label, path in uploads)]
 
 
 class CeilingWorkers:

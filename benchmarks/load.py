@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.workers import usable_cpus
-from benchmarks.ceilings import CeilingWorkers, measure_ceilings
+from benchmarks.ceilings import CeilingWorkers, inprocess_argv, measure_ceilings
 from benchmarks.load_report import (
     compute_targets,
     fmt_errors,
@@ -42,7 +42,7 @@ from benchmarks.load_report import (
     print_targets,
 )
 from benchmarks.loadgen import Upload, make_upload, pick_uploads, run_wrk
-from benchmarks.servers import BENCH, REPO, Server, build_servers, machine_busy_seconds, tree_cpu_seconds, tree_memory
+from benchmarks.servers import REPO, Server, build_servers, machine_busy_seconds, tree_cpu_seconds, tree_memory
 
 
 def measure_point(server: Server, others: list[Server], upload: Upload, *, connections: int,
@@ -244,12 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     for u in uploads:
         print(f"upload {u.label}: {u.path} ({u.size[0]}x{u.size[1]}, {u.path.stat().st_size:,} bytes)")
     servers = build_servers(args, workdir)
-    inproc_argv = [sys.executable, str(BENCH / "inprocess.py"), "--store", args.model_store, "--name",
-                   args.model_name, "--max-batch-size", str(args.max_batch_size),
-                   "--budget-s", "1" if args.quick else "3", "--runtime", args.runtime,
-                   *(f"{u.label}={u.path}" for u in uploads)]
-    if args.model_version:
-        inproc_argv += ["--version", args.model_version]
+    inproc_argv = inprocess_argv([(u.label, u.path) for u in uploads], store=args.model_store,
+                                 name=args.model_name, version=args.model_version, batch_size=args.max_batch_size,
+                                 runtime=args.runtime, budget_s=1 if args.quick else 3)
     all_runs: list[dict] = []
     inprocess_runs: list[dict] = []
     ceiling_runs: list[dict] = []

@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.workers import usable_cpus
-from benchmarks.ab import BASE_ENV, load_arguments, prepare, start, wait_ready
-from benchmarks.ceilings import START_DELAY_S, CeilingWorkers
+from benchmarks.ab import load_arguments, prepare, service_env, start, wait_ready
+from benchmarks.ceilings import START_DELAY_S, CeilingWorkers, inprocess_argv
 from benchmarks.loadgen import run_wrk
-from benchmarks.servers import BENCH, REPO, free_ports, tree_cpu_seconds, tree_pids
+from benchmarks.servers import REPO, free_ports, tree_cpu_seconds, tree_pids
 
 # a shared object's file name -> the row it is counted in (first match wins)
 GROUPS = [
@@ -80,9 +80,7 @@ def finish(proc: subprocess.Popen, what: str) -> None:
 def profile_service(args: argparse.Namespace, upload, workdir: Path) -> tuple[float, dict[str, float], str]:
     """CPU-ms per successful request of the whole service, its library shares, and a one-line summary."""
     port = free_ports(1)[0]
-    env = {**os.environ, **BASE_ENV, "CXR_PORT": str(port),
-           "CXR_MODEL_STORE": os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")),
-           **dict(item.split("=", 1) for item in args.env)}
+    env = {**service_env(args.env), "CXR_PORT": str(port)}
     server = start("service", port, env, workdir)
     try:
         wait_ready({"service": server})
@@ -115,9 +113,8 @@ def profile_service(args: argparse.Namespace, upload, workdir: Path) -> tuple[fl
 
 def profile_ceiling(args: argparse.Namespace, upload, workdir: Path) -> tuple[float, dict[str, float], str]:
     """CPU-ms per image of the all-cores in-process ceiling, and its library shares."""
-    argv = [sys.executable, str(BENCH / "inprocess.py"), "--store", os.environ.get("CXR_MODEL_STORE", str(
-        REPO / "model_store")), "--name", "pneumonia", "--max-batch-size", "16", "--runtime", "auto",
-        f"{upload.label}={upload.path}"]
+    argv = inprocess_argv([(upload.label, upload.path)], store=os.environ.get("CXR_MODEL_STORE", str(
+        REPO / "model_store")), name="pneumonia", version=None, batch_size=16, runtime="auto")
     workers = CeilingWorkers(argv, usable_cpus())
     try:
         if not workers.ready():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import shutil
 import subprocess
@@ -21,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import BASE_ENV, load_arguments, prepare, start, wait_ready
+from benchmarks.ab import load_arguments, prepare, service_env, start, wait_ready
 from benchmarks.loadgen import run_wrk
-from benchmarks.servers import CLK_TCK, REPO, free_ports, tree_cpu_seconds, tree_pids
+from benchmarks.servers import CLK_TCK, free_ports, tree_cpu_seconds, tree_pids
 
 PROCESSES = re.compile(r'(?:process \d+:"[^"]*";)+')
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
@@ -124,8 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     workdir, upload = prepare(args, "cxr-profile-")
-    env = {**os.environ, **BASE_ENV, "CXR_MODEL_STORE": os.environ.get("CXR_MODEL_STORE", str(REPO / "model_store")),
-           "CXR_PORT": str(free_ports(1)[0]), **dict(item.split("=", 1) for item in args.env)}
+    env = {**service_env(args.env), "CXR_PORT": str(free_ports(1)[0])}
     server = start("service", int(env["CXR_PORT"]), env, workdir)
     try:
         wait_ready({"service": server})
