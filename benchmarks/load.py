@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.settings import Settings
 from app.workers import usable_cpus
 from benchmarks.ceilings import CeilingWorkers, inprocess_argv, measure_ceilings
 from benchmarks.load_report import (
@@ -174,7 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-name", default="pneumonia")
     parser.add_argument("--model-version")
     parser.add_argument("--max-batch-size", type=int, default=16, help="for the service, LitServe and in-process")
-    parser.add_argument("--delay-ms", type=float, default=5.0, help="max batching delay (service and LitServe)")
+    parser.add_argument("--delay-ms", type=float, default=Settings.model_fields["max_delay_ms"].default,
+                        help="max batching delay (service and LitServe; default: the service's, 25)")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64; quick 1,64)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per point (default 10; quick 1; wrk "
                         "counts whole seconds, so a fraction is rounded up)")
