@@ -155,12 +155,17 @@ class DataPlane:
         self.pool.shutdown(wait=True)
         self.inflight.close()
 
-    def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None) -> Prepared:
-        """decode -> gate -> preprocess, in a decode thread (or on the loop: a lone JPEG). The gate refuses (raises)
+    def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None, *,
+                 on_loop: bool = False) -> Prepared:
+        """decode -> gate -> preprocess, in a decode thread (or ``on_loop``: a lone JPEG). The gate refuses (raises)
         before the model."""
         started = time.perf_counter()
-        if ticket is not None:  # the audit's input hash and format, here so hashing stays off the event loop
-            ticket.describe_bytes(data)
+        if ticket is not None:  # the audit's input hash and format: in a decode thread, off the event loop; a
+            # lone image on the loop leaves it to its audit row, made once the answer has left
+            if on_loop:
+                ticket.describe_bytes_later(data)
+            else:
+                ticket.describe_bytes(data)
         spec = model.metadata.preprocessing
         gate = self.manager.gate
         try:
@@ -181,11 +186,12 @@ class DataPlane:
 
     def _prepare_and_submit(self, data: bytes, model: ServingModel, *, ticket: Ticket | None,
                             announcement: Announcement, slot: list[Future[BatchResult]], inline: bool,
-                            alone: bool = False) -> tuple[Prepared, tuple[ServingModel, Future[BatchResult]]]:
+                            alone: bool = False, on_loop: bool = False,
+                            ) -> tuple[Prepared, tuple[ServingModel, Future[BatchResult]]]:
         """In a decode thread (or on the loop, for a lone image): prepare, then hand the input to the batcher
         from here (no hop back to the event loop first); with ``inline``, an idle batcher runs it in this thread
         at once, on every core where this worker is ``alone`` and no other worker has an image in flight."""
-        prepared = self._prepare(data, model, ticket)
+        prepared = self._prepare(data, model, ticket, on_loop=on_loop)
         wide = alone and not self.inflight.others_busy()  # asked now: another worker may have begun meanwhile
         submitted = self._submit(prepared.x, model, announcement, inline=inline, wide=wide)
         slot.append(submitted[1])
@@ -217,7 +223,7 @@ class DataPlane:
         with model.batcher.expecting() as announcement:
             if alone and self.loop_inline and cheap_to_decode(data):  # nothing else started: no hand-offs
                 prepared, submitted = self._prepare_and_submit(data, model, ticket=ticket, announcement=announcement,
-                                                               slot=slot, inline=True, alone=True)
+                                                               slot=slot, inline=True, alone=True, on_loop=True)
             else:
                 try:
                     prepared, submitted = await loop.run_in_executor(self.pool, functools.partial(

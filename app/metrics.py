@@ -69,7 +69,8 @@ class Metrics:
                                     multiprocess_mode="livemin")
         self.audit_written = Counter("cxr_audit_records_written", "Audit records stored", registry=r)
         self.audit_dropped = Counter("cxr_audit_records_dropped", "Audit records NOT stored, by reason "
-                                     "(buffer_full, shutdown, closed, rejected)", ["reason"], registry=r)
+                                     "(buffer_full, shutdown, closed, rejected, withdrawn, error)", ["reason"],
+                                     registry=r)
         self.monitor_answers = Gauge("cxr_monitor_answers", "Answers of the active model in the window",
                                      registry=r, multiprocess_mode=MONITOR)
         self.monitor_refusals = Gauge("cxr_monitor_refusals", "Refusals in the window, by reason (error code)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -79,7 +80,13 @@ class Tracked:
         if exc is None and self.ticket.prediction is not None:
             self._mark()
             if self.hook.durable:
-                await self.hook.committed(answer_row(self.ticket))
+                await self.hook.committed(answer_row(self.ticket))  # hashed first where deferred
+            elif self.ticket.unhashed is not None:
+                # the answer leaves before its row is made (and its upload hashed): the callback runs when this
+                # request's task next yields, which for a lone answer is once it has been written to the socket
+                self.ticket.ended = time.perf_counter()
+                self.hook.writer.reserve()  # a flush from now on waits for this row
+                asyncio.get_running_loop().call_soon(self._enqueue_answer)
             else:
                 self.hook.writer.enqueue(answer_row(self.ticket))
         elif exc is None:  # the block ended without a prediction: a transport bug, still recorded
@@ -88,6 +95,15 @@ class Tracked:
             self.hook.writer.enqueue(refusal_row(self.ticket, 500, "no_result"))
         else:
             self._record_refusal(exc)
+
+    def _enqueue_answer(self) -> None:
+        try:
+            row = answer_row(self.ticket)
+        except Exception:  # a loop callback: nothing above it would log this
+            log.exception("audit: the record of request %s could not be made", self.ticket.request_id)
+            self.hook.writer.abandon("error")
+            return
+        self.hook.writer.enqueue(row, reserved=True)
 
     def _record_refusal(self, exc: BaseException) -> None:
         self._mark()

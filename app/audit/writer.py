@@ -91,9 +91,23 @@ class AuditWriter:
         self._done = 0  # rows written or dropped
 
     # -- producers (request handlers): never block on the store --------------------------------------------
-    def enqueue(self, row: Row) -> bool:
-        """Buffered: the row is written soon; the caller does not wait."""
-        return self._put(row, None)
+    def enqueue(self, row: Row, *, reserved: bool = False) -> bool:
+        """Buffered: the row is written soon; the caller does not wait. ``reserved``: the row a ``reserve()``
+        promised."""
+        return self._put(row, None, reserved=reserved)
+
+    def reserve(self) -> None:
+        """Promises one buffered row, made a moment later (after its answer has left): counted from now, so a
+        flush begun in between waits for it. Redeemed by ``enqueue(row, reserved=True)`` or ``abandon``."""
+        with self._lock:
+            self._accepted += 1
+
+    def abandon(self, reason: str) -> None:
+        """The promised row will not come: counted as dropped (a flush stops waiting for it)."""
+        with self._lock:
+            self._done += 1
+            self._idle.notify_all()
+        self._drop(reason, 1)
 
     def commit(self, row: Row) -> Waiter:
         """Durable: a future that completes when the row is committed, or fails (``RecordNotStored``) when it
@@ -102,13 +116,16 @@ class AuditWriter:
         self._put(row, waiter)
         return waiter
 
-    def _put(self, row: Row, waiter: Waiter | None) -> bool:
+    def _put(self, row: Row, waiter: Waiter | None, *, reserved: bool = False) -> bool:
         with self._lock:
             closed = self._stopping.is_set() and self._thread is None
             accepted = not closed and self._pending() < self.capacity
             if accepted:
                 self._buffer.append((row, waiter))
-                self._accepted += 1
+                self._accepted += 0 if reserved else 1
+            elif reserved:
+                self._done += 1  # counted when reserved: settled as dropped
+                self._idle.notify_all()
         if accepted:
             self._wake.set()
             return True

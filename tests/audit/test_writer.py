@@ -160,3 +160,32 @@ def test_a_row_that_cannot_even_be_serialised_is_dropped_alone(store_url: str) -
         assert set(connection.execute(select(AuditRecord.request_id)).scalars()) == {"a", "b"}
     engine.dispose()
     assert writer.dropped == {"rejected": 1}
+
+
+def test_a_flush_waits_for_a_reserved_row_and_an_abandoned_one_is_counted(store_url: str) -> None:
+    """A lone answer's row is made just after the answer has left (app/audit/hook.py): reserved before, so a
+    flush begun in between waits for it rather than missing it."""
+    import threading
+
+    writer = make_writer(store_url)
+    writer.start()
+    try:
+        wait_for(lambda: writer.store_up)
+        writer.reserve()
+        flushed: list[bool] = []
+        flushing = threading.Thread(target=lambda: flushed.append(writer.flush(30)))
+        flushing.start()
+        time.sleep(0.3)
+        assert flushing.is_alive() and count(writer.engine) == 0  # waiting for the promised row
+        assert writer.enqueue(answer("reserved", 0.5), reserved=True)
+        flushing.join(30)
+        assert flushed == [True] and count(writer.engine) == 1
+
+        writer.reserve()
+        writer.abandon("error")
+        assert writer.flush(5) and writer.dropped == {"error": 1} and count(writer.engine) == 1
+    finally:
+        writer.close(timeout=10)
+    writer.reserve()  # closed meanwhile: the promised row is refused, counted, and no flush waits for it
+    assert not writer.enqueue(answer("late", 0.5), reserved=True)
+    assert writer.dropped == {"error": 1, "closed": 1} and writer.flush(1)
