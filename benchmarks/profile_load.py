@@ -4,6 +4,8 @@ the samples). The samples are of running threads only (``--idle`` off), so a row
 
 Usage: ``python benchmarks/profile_load.py --connections 64 --duration 15`` (py-spy: ``pip install py-spy``;
 needs ``wrk``). ``--raw FILE`` keeps py-spy's collapsed stacks (``flamegraph.pl`` or speedscope read them).
+``--rate 0`` samples nothing and prints only the CPU per request of each thread group, from /proc: py-spy counts
+some waits as running, and its sampling costs the service CPU of its own.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     load_arguments(parser)
     parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for the server")
-    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second; 0: no sampling, only "
+                        "the /proc table of CPU per thread group (no profiler in the way)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (the Python "
                         "side's share; native work that releases the GIL disappears)")
@@ -134,11 +137,11 @@ def main() -> int:
         root = server.proc.pid
         workers = len(tree_pids(root)) > 1  # a supervisor and its workers: sample every process of the tree
         names = {pid: python_thread_names(spy, pid) for pid in tree_pids(root)}  # after the warm-up: all started
-        spy_proc = subprocess.Popen([spy, "record", "--pid", str(root), "--threads", "--nonblocking",
-                                     *(["--subprocesses"] if workers else []),
-                                     *(["--gil"] if args.gil else []), "--rate", str(args.rate),
-                                     "--duration", str(args.duration), "--format", "raw", "--output", str(raw)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spy_argv = [spy, "record", "--pid", str(root), "--threads", "--nonblocking",
+                    *(["--subprocesses"] if workers else []), *(["--gil"] if args.gil else []),
+                    "--rate", str(args.rate), "--duration", str(args.duration), "--format", "raw", "--output", str(raw)]
+        spy_proc = None if args.rate == 0 else subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL,
+                                                                stderr=subprocess.PIPE)
         cpu_before = tree_cpu_seconds(server.proc.pid)
         threads_before = tree_thread_cpu(root, names)
         result: dict = {}
@@ -148,19 +151,22 @@ def main() -> int:
         load.join()
         cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
         threads_after = tree_thread_cpu(root, names)
-        spy_proc.wait(timeout=60)
+        if spy_proc is not None:
+            spy_proc.wait(timeout=60)
         ok = sum(n for status, n in result["statuses"].items() if str(status).startswith("2"))
         seconds = result["duration_us"] / 1e6
-        print(f"upload {upload.label}, {args.connections} connections, {args.duration} s under py-spy "
-              f"({args.rate} Hz): {ok / seconds:.1f} req/s, {1000 * cpu / max(ok, 1):.2f} CPU-ms/request, "
+        sampled = f"under py-spy ({args.rate} Hz)" if spy_proc is not None else "(not sampled)"
+        print(f"upload {upload.label}, {args.connections} connections, {args.duration} s {sampled}: "
+              f"{ok / seconds:.1f} req/s, {1000 * cpu / max(ok, 1):.2f} CPU-ms/request, "
               f"server {cpu / seconds:.2f} cores; statuses {result['statuses']}\n")
         print("| thread group (from /proc) | CPU-ms per request |\n| --- | --- |")
         for group, seconds_after in sorted(threads_after.items(), key=lambda kv: -kv[1]):
             used = seconds_after - threads_before.get(group, 0.0)
             if used > 0:
                 print(f"| {group} | {1000 * used / max(ok, 1):.2f} |")
-        print()
-        print(summarise(raw, args.top, root, workers))
+        if spy_proc is not None:
+            print()
+            print(summarise(raw, args.top, root, workers))
     finally:
         server.stop()
     return 0
