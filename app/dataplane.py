@@ -19,6 +19,7 @@ import asyncio
 import functools
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -145,6 +146,11 @@ class DataPlane:
         self.manager = manager
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+        # a pinned worker that has spread over every CPU (app/pinning.py: the others are idle, e.g. a burst of
+        # connections all landed here) prepares images in a thread per CPU: one decode thread would hold it to
+        # ~1.2 cores at full resolution. Set by create_app; made the first time the worker spreads
+        self.spread: Callable[[], int] = lambda: 0  # the CPUs the worker spreads over now; 0: not spread
+        self._spread_pool: ThreadPoolExecutor | None = None
         self.explainers = ExplainerCache(settings.explain_layer)
         self.inflight = InFlight.from_env()
         # a worker with one core's share (the default: a worker per core) loses no parallelism by preparing an
@@ -153,7 +159,18 @@ class DataPlane:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self._spread_pool is not None:
+            self._spread_pool.shutdown(wait=True)
         self.inflight.close()
+
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        """Where an image is prepared: the decode threads, or a thread per CPU while the worker has spread."""
+        cpus = self.spread()
+        if cpus <= self.settings.decode_threads:
+            return self.pool
+        if self._spread_pool is None:  # its threads start spread and are pinned again with the worker's
+            self._spread_pool = ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="decode-spread")
+        return self._spread_pool
 
     def _prepare(self, data: bytes, model: ServingModel, ticket: Ticket | None = None, *,
                  on_loop: bool = False) -> Prepared:
@@ -226,7 +243,7 @@ class DataPlane:
                                                                slot=slot, inline=True, alone=True, on_loop=True)
             else:
                 try:
-                    prepared, submitted = await loop.run_in_executor(self.pool, functools.partial(
+                    prepared, submitted = await loop.run_in_executor(self._decode_pool(), functools.partial(
                         self._prepare_and_submit, data, model, ticket=ticket, announcement=announcement, slot=slot,
                         inline=not explain, alone=alone))
                 except asyncio.CancelledError:

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dataplane = DataPlane(settings, manager, metrics)
     pin_worker(dataplane.inflight.slot)  # before the worker starts threads of its own: they inherit its CPU
     placement = Placement(lambda: dataplane.inflight.count, dataplane.inflight.others_busy)
+    dataplane.spread = placement.spread_cpus  # spread over every CPU: a decode thread per CPU
     access = AccessControl(settings)
     access.log_start()
     audit = Audit(settings, metrics, access=access)

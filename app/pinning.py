@@ -126,6 +126,10 @@ class Placement:
     def active(self) -> bool:
         return "own" in _STATE
 
+    def spread_cpus(self) -> int:
+        """How many CPUs this worker's threads may use now, where it has spread over them; 0 otherwise."""
+        return len(_STATE.get("cpus", ())) if self.spread and self.active else 0
+
     def update(self) -> None:
         if not self.active:
             return

@@ -162,3 +162,26 @@ def test_an_upload_prepared_in_a_decode_thread_is_hashed_there_before_the_answer
     events, answer = hashed_and_answered(one_core, data, monkeypatch)
     assert events == ["hashed", "answered"], events
     assert audit_record(one_core, answer["request_id"])["input_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_worker_spread_over_every_cpu_prepares_in_a_thread_per_cpu_and_a_lone_jpeg_stays_on_the_loop(
+        one_core, fullres_images):
+    """A pinned worker whose peers are idle spreads over every CPU (app/pinning.py): one decode thread would hold
+    it to ~1.2 cores at full resolution, so it prepares images in a thread per CPU while spread."""
+    dataplane = one_core.app.state.dataplane
+    png = encode(real_xray(fullres_images[0]), "PNG")
+    original = dataplane.spread
+    try:
+        dataplane.spread = lambda: 2
+        calls, _ = post_recording(one_core, png)
+        assert len(calls) == 1 and calls[0][0].startswith("decode-spread"), calls
+        calls, _ = post_recording(one_core, fullres_images[0].read_bytes())  # lone: no hand-off at all
+        assert calls == [("test-uvicorn", "wide")], calls
+        pool = dataplane._spread_pool
+        assert pool is not None and pool._max_workers == 2
+        dataplane.spread = lambda: 0  # pinned again: its own decode thread
+        calls, _ = post_recording(one_core, png)
+        assert len(calls) == 1 and calls[0][0].startswith("decode_"), calls
+    finally:
+        dataplane.spread = original
+

@@ -108,7 +108,7 @@ def test_placement_does_nothing_in_a_worker_that_is_not_pinned():
     placement = Placement(lambda: 5, lambda: False)
     assert not placement.active
     placement.update()
-    assert not placement.spread
+    assert not placement.spread and placement.spread_cpus() == 0
 
 
 @two_cpus
@@ -138,29 +138,36 @@ def test_a_pinned_worker_alone_with_work_spreads_over_every_cpu_and_pins_again_w
         pool_tid = pool.native_id
         mine, others = [3], [False]
         placement = Placement(lambda: mine[0], lambda: others[0], settle=2)
-        seen = {"pinned": masks()}
+        seen, cpus = {"pinned": masks()}, {"pinned": placement.spread_cpus()}
         placement.update()
         seen["alone with work once"] = masks()
+        cpus["alone with work once"] = placement.spread_cpus()
         placement.update()
         seen["alone with work"] = masks()
+        cpus["alone with work"] = placement.spread_cpus()
         others[0] = True
         placement.update()
         others[0] = False
         placement.update()
         seen["others worked once"] = masks()  # a peer's count read between two of its requests: no change
+        cpus["others worked once"] = placement.spread_cpus()
         others[0] = True
         placement.update()
         placement.update()
         seen["others work"] = masks()
+        cpus["others work"] = placement.spread_cpus()
         others[0] = False
         placement.update()
         placement.update()
         seen["alone again"] = masks()
+        cpus["alone again"] = placement.spread_cpus()
         mine[0] = 0
         placement.update()
         placement.update()
         seen["idle"] = masks()
+        cpus["idle"] = placement.spread_cpus()
         seen["pool"] = sorted(os.sched_getaffinity(pool_tid))
+        seen["cpus"] = cpus
         stop.set()
         print(json.dumps(seen))
     """, **{PIN_ENV: ",".join(map(str, CPUS))})
@@ -170,6 +177,9 @@ def test_a_pinned_worker_alone_with_work_spreads_over_every_cpu_and_pins_again_w
     assert out["alone with work"] == out["others worked once"] == out["alone again"] == [every]
     assert out["others work"] == out["idle"] == sorted([own, every])
     assert out["pool"] == every
+    # the data plane's decode threads follow: a thread per CPU while spread (app/dataplane.py)
+    assert out["cpus"] == {"pinned": 0, "alone with work once": 0, "alone with work": len(every),
+                           "others worked once": len(every), "others work": 0, "alone again": len(every), "idle": 0}
 
 
 def test_a_cpu_the_worker_may_not_use_leaves_it_unpinned_and_says_so():
