@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(None, ge=1, le=1024, description="images per model call, 1-1024; "
                                        "unset: 16 on CPU, 64 on GPU")
     # 25, not 5: a full-resolution JPEG takes ~5 ms to prepare, so 5 ms let about one more image join; waiting for
-    # four or five costs ~9 % less CPU per request under load (docs/operations.md) and never delays a lone request
+    # four or five costs 5-12 % less CPU per request under load (docs/operations.md), never delays a lone request
     max_delay_ms: float = Field(25.0, ge=0, le=1000, description="ms a batch may wait for more images, 0-1000, "
                                 "e.g. 25 (only while more are on their way: a lone request never waits)")
     queue_limit: int = Field(256, ge=1, le=100_000, description="images waiting for the model before 503 + "
