@@ -184,4 +184,3 @@ def test_a_worker_spread_over_every_cpu_prepares_in_a_thread_per_cpu_and_a_lone_
         assert len(calls) == 1 and calls[0][0].startswith("decode_"), calls
     finally:
         dataplane.spread = original
-
