@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
+from app import listener
 from app.logs import configure_logging
 from app.main import create_app
 from app.metrics import multiprocess_dir
@@ -83,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[PIN_ENV] = pinned
             log.info("each worker on a CPU of its own (CPUs %s; CXR_PIN_WORKERS=false leaves it to the kernel)",
                      pinned)
-        run_workers(plan, common)
-        return 0
+        return run_workers(plan, common, reuse_port=settings.reuse_port)
     for name in (RUN_DIR_ENV, "PROMETHEUS_MULTIPROC_DIR"):  # one process shares nothing
         os.environ.pop(name, None)
     if "CXR_DECODE_THREADS" in shares:  # the settings were read before the share was known
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_workers(plan: WorkerPlan, common: dict[str, object]) -> None:
+def run_workers(plan: WorkerPlan, common: dict[str, object], *, reuse_port: bool) -> int:
     """Several uvicorn workers, each building its own app (and model) from the environment, which names the run
     directory they share (app.rundir). Set before the workers start, so their prometheus_client imports see it."""
     with created_run_dir() as folder:
@@ -103,7 +104,25 @@ def run_workers(plan: WorkerPlan, common: dict[str, object]) -> None:
         os.environ.update({RUN_DIR_ENV: str(folder), "PROMETHEUS_MULTIPROC_DIR": str(folder / METRICS_SUBDIR),
                            WORKER_COUNT_ENV: str(plan.workers)})
         log.info("the workers share %s (metrics, model state, locks, rate-limit buckets)", folder)
-        uvicorn.run("app.main:create_app_from_env", factory=True, workers=plan.workers, **common)
+        config = uvicorn.Config("app.main:create_app_from_env", factory=True, workers=plan.workers, **common)
+        per_worker = reuse_port and listener.BALANCED
+        try:
+            sock = listener.group_socket(config.host, config.port, per_worker=per_worker)
+        except OSError as exc:  # the address is taken or not ours: said before any worker starts
+            log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+            return STARTUP_FAILURE
+        address = f"{'https' if config.is_ssl else 'http'}://{config.host}:{sock.getsockname()[1]}"
+        if not per_worker:
+            log.info("listening on %s, one socket the workers share%s", address,
+                     "" if reuse_port else " (CXR_REUSE_PORT=false)")
+        elif listener.migrates_queued_connections():
+            log.info("listening on %s, a socket per worker (SO_REUSEPORT: the kernel spreads connections)", address)
+        else:
+            log.info("listening on %s, a socket per worker (SO_REUSEPORT: the kernel spreads connections); a "
+                     "worker that dies resets the connections queued to it: net.ipv4.tcp_migrate_req=1 hands "
+                     "them to the others", address)
+        listener.supervise(config, sock)
+    return 0
 
 
 if __name__ == "__main__":

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="log one line per request (with its request id): true or false")
     pin_workers: bool = Field(True, description="with a worker per CPU (CXR_WORKERS=auto on CPU), keep each "
                               "worker's threads on a CPU of its own: true, or false to leave placement to the kernel")
+    reuse_port: bool = Field(True, description="with several workers, each listens on a socket of its own "
+                             "(SO_REUSEPORT, Linux) so the kernel spreads connections over them: true, or false "
+                             "for one socket they share")
     fast_predict: bool = Field(True, description="serve POST /predict's common case (one file, a JSON answer) "
                                "without FastAPI's per-request machinery, with the same answers: true or false")
     timeout_keep_alive: int = Field(5, ge=1, le=600, description="seconds an idle keep-alive connection is kept, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -108,6 +109,7 @@ def test_ready_only_with_both_workers_on_one_model_and_one_dicom_listener(servic
     assert echo(service.dicom_port) == 0
     log = service.process.log_text()
     assert "2 worker process(es): CXR_WORKERS=2" in log
+    assert "a socket per worker (SO_REUSEPORT" in log
     assert "CXR_DECODE_THREADS=" in log and "TF_NUM_INTRAOP_THREADS=" in log
 
 
@@ -162,7 +164,11 @@ def test_kill_9_of_a_worker_is_replaced_its_counts_stay_and_the_dicom_port_moves
     seen_not_ready = False
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        response = service.ready()
+        try:
+            response = service.ready()
+        except httpx.TransportError:  # a connection the kernel gave the dying worker's socket (app/listener.py)
+            time.sleep(0.2)
+            continue
         body = response.json()
         if response.status_code == 200:
             pids = {w["pid"] for w in body["workers"]}
@@ -186,6 +192,29 @@ def test_kill_9_of_a_worker_is_replaced_its_counts_stay_and_the_dicom_port_moves
     assert [r.status_code for r in answers] == [200] * 6
     assert {r.json()["model"]["version"] for r in answers} == {version}
     assert service.predict_count() == total + 6
+
+
+def test_a_burst_of_connections_is_shared_out_even_while_one_worker_cannot_accept(service):
+    """Each worker listens on a socket of its own (SO_REUSEPORT, app/listener.py): the kernel hashes each new
+    connection to one of them, whichever worker is awake. With one shared socket the awake worker took them all
+    (here: the other is stopped while the connections open). Runs after the kill -9: the replacement is in too."""
+    workers = [w["pid"] for w in service.ready().json()["workers"]]
+    assert len(workers) == 2
+    host, port = service.process.url.removeprefix("http://").rsplit(":", 1)
+    os.kill(workers[0], signal.SIGSTOP)
+    try:
+        connections = [socket.create_connection((host, int(port)), timeout=60) for _ in range(16)]
+        time.sleep(0.5)  # the awake worker accepts every connection it is offered
+    finally:
+        os.kill(workers[0], signal.SIGCONT)
+    request_ids = set()
+    for connection in connections:
+        with connection:
+            connection.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            answer = b"".join(iter(lambda c=connection: c.recv(65536), b""))
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            request_ids.add(re.search(rb"(?im)^x-request-id: *(\S+)", answer).group(1).decode())
+    assert service.pids_of(request_ids) == set(workers), "each worker answers some of 16 connections"
 
 
 def test_the_rate_limit_holds_per_caller_across_workers(service):
