@@ -36,13 +36,19 @@ class ReloadIncompleteError(ServiceError):
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A worker killed outright stays a zombie until the supervisor reaps it (up to a
+    second or more under load), and a signal still reaches a zombie: its state in /proc tells."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here (not Linux), or it ended meanwhile: the next look tells
+    return state not in ("Z", "X")  # zombie, or dead
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

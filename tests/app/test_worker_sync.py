@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,26 @@ def test_ready_only_when_both_are_ready_on_one_model(pair, tmp_path):
     assert "different models" in here.not_ready_reason()
     other.stop()
     assert here.not_ready_reason() == "1 of 2 workers up"
+
+
+def test_a_killed_worker_not_yet_reaped_counts_as_gone(tmp_path):
+    """kill -9 leaves a zombie until the supervisor reaps it; its last state said ready, and a signal still
+    reaches it: readiness must not count it."""
+    here = worker(tmp_path, Manager(), os.getpid())
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other = worker(tmp_path, Manager(), dead.pid)
+        other.write_state()
+        assert here.not_ready_reason() is None
+        dead.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{dead.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not become a zombie"
+            time.sleep(0.01)
+        assert here.not_ready_reason() == "1 of 2 workers up"
+    finally:
+        dead.kill()
+        dead.wait()
 
 
 def test_a_reload_reaches_the_other_worker_and_a_later_one_starts_on_it(pair, tmp_path):
