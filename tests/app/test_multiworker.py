@@ -40,7 +40,7 @@ class Service:
     image: bytes
 
     def post(self, path: str, key: str = READER, **kwargs: object) -> httpx.Response:
-        # a fresh connection per request: the kernel hands each to whichever worker accepts first
+        # a fresh connection per request: the kernel hashes each to one worker's socket (app/listener.py)
         return httpx.post(self.process.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=60,
                           **kwargs)
 
