@@ -4,8 +4,9 @@ the samples). The samples are of running threads only (``--idle`` off), so a row
 
 Usage: ``python benchmarks/profile_load.py --connections 64 --duration 15`` (py-spy: ``pip install py-spy``;
 needs ``wrk``). ``--raw FILE`` keeps py-spy's collapsed stacks (``flamegraph.pl`` or speedscope read them).
-``--rate 0`` samples nothing and prints only the CPU per request of each thread group, from /proc: py-spy counts
-some waits as running, and its sampling costs the service CPU of its own.
+``--rate 0`` samples nothing and prints only the CPU per request of each thread group, and how often its threads
+slept and were preempted, from /proc: py-spy counts some waits as running, and its sampling costs the service
+CPU of its own.
 """
 
 from __future__ import annotations
@@ -46,29 +47,37 @@ def python_thread_names(spy: str, pid: int) -> dict[str, str]:
     return dict(re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M))
 
 
-def thread_cpu(pid: int, names: dict[str, str] | None = None) -> dict[str, float]:
-    """CPU seconds of each thread group of a process (from /proc: exact, where samples are estimates); threads
-    named by ``names`` where given (native threads, e.g. TFLite's or XNNPACK's, keep the kernel's name)."""
-    totals: collections.Counter[str] = collections.Counter()
+def thread_cpu(pid: int, names: dict[str, str] | None = None) -> dict[str, tuple[float, int, int]]:
+    """Per thread group of a process (from /proc: exact, where samples are estimates): CPU seconds, voluntary
+    and involuntary context switches (a thread that slept, one that was preempted); threads named by ``names``
+    where given (native threads, e.g. TFLite's or XNNPACK's, keep the kernel's name)."""
+    totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0, 0])
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (names or {}).get(task.name) or (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
         except OSError:
             continue
         group = "event loop" if task.name == str(pid) else re.sub(r"[_-]?\d+$", "", name) or name
-        totals[group] += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return dict(totals)
+        switches = [int(re.search(rf"^{kind}_ctxt_switches:\s*(\d+)", status, re.M)[1])  # type: ignore[index]
+                    for kind in ("voluntary", "nonvoluntary")]
+        total = totals[group]
+        total[0] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        total[1] += switches[0]
+        total[2] += switches[1]
+    return {group: (cpu, int(vol), int(invol)) for group, (cpu, vol, invol) in totals.items()}
 
 
-def tree_thread_cpu(root: int, names: dict[int, dict[str, str]] | None = None) -> dict[str, float]:
+def tree_thread_cpu(root: int, names: dict[int, dict[str, str]] | None = None) -> dict[str, tuple[float, int, int]]:
     """``thread_cpu`` over a server's process tree: its workers' thread groups summed, the supervisor's apart."""
-    totals: collections.Counter[str] = collections.Counter()
+    totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0, 0])
     for pid in tree_pids(root):
         prefix = "supervisor " if pid == root and len(tree_pids(root)) > 1 else ""
-        for group, seconds in thread_cpu(pid, (names or {}).get(pid)).items():
-            totals[prefix + group] += seconds
-    return dict(totals)
+        for group, values in thread_cpu(pid, (names or {}).get(pid)).items():
+            for i, value in enumerate(values):
+                totals[prefix + group][i] += value
+    return {group: (cpu, int(vol), int(invol)) for group, (cpu, vol, invol) in totals.items()}
 
 
 def short(frame: str) -> str:
@@ -159,11 +168,14 @@ def main() -> int:
         print(f"upload {upload.label}, {args.connections} connections, {args.duration} s {sampled}: "
               f"{ok / seconds:.1f} req/s, {1000 * cpu / max(ok, 1):.2f} CPU-ms/request, "
               f"server {cpu / seconds:.2f} cores; statuses {result['statuses']}\n")
-        print("| thread group (from /proc) | CPU-ms per request |\n| --- | --- |")
-        for group, seconds_after in sorted(threads_after.items(), key=lambda kv: -kv[1]):
-            used = seconds_after - threads_before.get(group, 0.0)
+        print("| thread group (from /proc) | CPU-ms per request | slept and woke, per request | preempted, per "
+              "request |\n| --- | --- | --- | --- |")
+        for group, after in sorted(threads_after.items(), key=lambda kv: -kv[1][0]):
+            before = threads_before.get(group, (0.0, 0, 0))
+            used, slept, preempted = (a - b for a, b in zip(after, before, strict=True))
             if used > 0:
-                print(f"| {group} | {1000 * used / max(ok, 1):.2f} |")
+                print(f"| {group} | {1000 * used / max(ok, 1):.2f} | {slept / max(ok, 1):.2f} | "
+                      f"{preempted / max(ok, 1):.2f} |")
         if spy_proc is not None:
             print()
             print(summarise(raw, args.top, root, workers))
