@@ -41,6 +41,20 @@ def export(rev: str) -> Path:
     return folder
 
 
+def start_revisions(base: str | None, shared: dict[str, str], workdir: Path,
+                    servers: dict[str, Server]) -> None:
+    """Into ``servers``: a cxr-serve of the working tree ("tree") and, with ``base``, one of that revision
+    ("base", first), each on its own port and audit database; ready when this returns. Filled as they start,
+    so the caller's ``finally`` stops any that started should a later one fail."""
+    for name in (["base", "tree"] if base else ["tree"]):
+        port = free_ports(1)[0]
+        env = {**shared, "CXR_PORT": str(port), "CXR_AUDIT_PATH": str(workdir / f"audit-{name}.db")}
+        if base is not None and name == "base":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(export(base)), shared.get("PYTHONPATH"))))
+        servers[name] = start(name, port, env, workdir)
+    wait_ready(servers)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     load_arguments(parser)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ab import load_arguments, prepare, service_env, start, wait_ready
-from benchmarks.ab_code import export
+from benchmarks.ab import load_arguments, prepare, service_env
+from benchmarks.ab_code import start_revisions
 from benchmarks.forced_skew import connections_per_worker, is_worker
 from benchmarks.loadgen import Upload, run_wrk
-from benchmarks.servers import Server, free_ports, tree_cpu_seconds, tree_pids
+from benchmarks.servers import Server, tree_cpu_seconds, tree_pids
 
 LOOK_AFTER_S = 1.5  # wrk has opened its connections by then
 HAMMER_THREADS = 4
@@ -104,13 +104,7 @@ def main() -> int:
     shared = service_env(args.env)
     servers: dict[str, Server] = {}
     try:
-        for name in (["base", "tree"] if args.base else ["tree"]):
-            port = free_ports(1)[0]
-            env = {**shared, "CXR_PORT": str(port), "CXR_AUDIT_PATH": str(workdir / f"audit-{name}.db")}
-            if name == "base":
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(export(args.base)), shared.get("PYTHONPATH"))))
-            servers[name] = start(name, port, env, workdir)
-        wait_ready(servers)
+        start_revisions(args.base, shared, workdir, servers)
         for server in servers.values():
             server.signal(signal.SIGSTOP)
         for round_ in range(args.rounds):
