@@ -1,6 +1,8 @@
 """Every connection on one worker: what a multi-worker cxr-serve serves when the kernel hands one worker a whole
 burst of connections (seen in load runs: 64 of 64, or 69 of 74). One worker is stopped (SIGSTOP) while wrk opens
 its connections, so the other accepts them all, then it is let go; the figures are taken from 2 s after that.
+The workers share one listening socket here (``CXR_REUSE_PORT=false``, unless ``--env`` says otherwise): with a
+socket per worker the stopped worker's socket still queues its share, and no skew is forced.
 
 Usage: ``python benchmarks/forced_skew.py --upload fullres --rounds 3 [--base REV]`` (needs ``wrk`` and ``ss``).
 With ``--base``, that revision is measured too, in alternating rounds (the same export as ``ab_code.py``).
@@ -78,7 +80,7 @@ def main() -> int:
     parser.set_defaults(duration=8)
     args = parser.parse_args()
     workdir, upload = prepare(args, "cxr-skew-")
-    shared = service_env(args.env)
+    shared = service_env(["CXR_REUSE_PORT=false", *args.env])
     servers: dict[str, Server] = {}
     try:
         start_revisions(args.base, shared, workdir, servers)
