@@ -35,18 +35,23 @@ import uvicorn
 BALANCED = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
-def bind_member(family: int, host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``(host, port)`` in that address's SO_REUSEPORT group (not yet listening)."""
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+def _bound(sock: socket.socket, host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """``sock`` bound to ``(host, port)``, inheritable, not yet listening; closed if that fails."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except BaseException:
         sock.close()
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def bind_member(family: int, host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` in that address's SO_REUSEPORT group (not yet listening)."""
+    return _bound(socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP), host, port, reuse_port=True)
 
 
 class GroupSocket(socket.socket):
@@ -63,20 +68,9 @@ def group_socket(host: str, port: int, *, per_worker: bool = True) -> socket.soc
     groups, the first member of one; else one plain socket that every worker shares. OSError where the address
     is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn tells an IPv6 address
-    if not (per_worker and BALANCED):
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    else:
-        sock = GroupSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+    if per_worker and BALANCED:
+        return _bound(GroupSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP), host, port, reuse_port=True)
+    return _bound(socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP), host, port, reuse_port=False)
 
 
 def migrates_queued_connections(path: Path = Path("/proc/sys/net/ipv4/tcp_migrate_req")) -> bool:
