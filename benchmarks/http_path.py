@@ -90,9 +90,9 @@ def serve(mode: str, port: int, cpu: int) -> None:
                                   loop="uvloop", http="httptools")).run()
 
 
-def upload_over_tcp(size: int, body: bytes, cpu: int) -> Callable[[], None]:
-    """A function that receives ``size`` bytes over a loopback TCP connection, sent by a thread on the other CPUs
-    (as wrk sends an upload): the kernel's share of a request's network work, without HTTP."""
+def upload_over_tcp(body: bytes, cpu: int) -> Callable[[], None]:
+    """A function that receives ``body`` over a loopback TCP connection, sent by a thread on the other CPUs (as
+    wrk sends an upload): the kernel's share of a request's network work, without HTTP."""
     listener = socket.create_server(("127.0.0.1", 0))
     sender = socket.create_connection(listener.getsockname())
     receiver, _ = listener.accept()
@@ -105,6 +105,7 @@ def upload_over_tcp(size: int, body: bytes, cpu: int) -> Callable[[], None]:
                 sender.sendall(body)
 
     threading.Thread(target=send_forever, daemon=True).start()
+    size = len(body)
     buffer = bytearray(size)
 
     def receive() -> None:
@@ -116,7 +117,8 @@ def upload_over_tcp(size: int, body: bytes, cpu: int) -> Callable[[], None]:
 
 
 async def tight(upload: Path, body_path: Path, content_type: str, *, cpu: int, images: int, repeats: int) -> dict:
-    """CPU-ms per image of the work alone, interleaved with the app's request path, and with a 1 ms sleep."""
+    """CPU-ms per image of the work alone, and interleaved with the app's request path, with the upload received
+    over TCP, or with a 1 ms sleep."""
     pin(cpu)
     from app.main import create_app
     from app.settings import Settings
@@ -159,7 +161,7 @@ async def tight(upload: Path, body_path: Path, content_type: str, *, cpu: int, i
         def work() -> None:
             predict(dataplane._prepare(data, model).x[None])
 
-        receive_upload = upload_over_tcp(len(body), body, cpu)
+        receive_upload = upload_over_tcp(body, cpu)
         figures: dict[str, list[float]] = {"alone": [], "with the request path": [], "with the upload over TCP": [],
                                            "with a 1 ms sleep": []}
         for _ in range(50):
