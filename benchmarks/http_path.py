@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ab import load_arguments, prepare, run_turns, service_env, wait_ready
+from benchmarks.asgi_cost import body_of, canned, post_predict, predict_headers, wait_loaded
 from benchmarks.servers import REPO, Server, free_ports
 
 # one cxr-serve worker's share on a machine it splits with others (app/workers.py sets the same)
@@ -56,23 +57,6 @@ def worker_like(app: Any) -> None:
     """As in a cxr-serve worker under load: another worker is busy, so a lone image is not spread over every
     core (app/inflight.py)."""
     app.state.dataplane.inflight.others_busy = lambda: True
-
-
-def canned(dataplane: Any) -> Any:
-    """``predict_image`` that computes its first answer and then returns it, after the audit's input hash (a
-    decode thread's work in the service, kept in the HTTP path's figure)."""
-    real = dataplane.predict_image
-    answer: list[Any] = []
-
-    async def predict_image(data: bytes, model: Any = None, ticket: Any = None, **kwargs: Any) -> Any:
-        if not answer:
-            answer.append(await real(data, model, **kwargs))
-        if ticket is not None:
-            ticket.describe_bytes(data)
-            ticket.prediction = answer[0]
-        return answer[0]
-
-    return predict_image
 
 
 def serve(mode: str, port: int, cpu: int) -> None:
@@ -116,45 +100,27 @@ def upload_over_tcp(body: bytes, cpu: int) -> Callable[[], None]:
     return receive
 
 
-async def tight(upload: Path, body_path: Path, content_type: str, *, cpu: int, images: int, repeats: int) -> dict:
+async def tight(upload: Path, *, cpu: int, images: int, repeats: int) -> dict:
     """CPU-ms per image of the work alone, and interleaved with the app's request path, with the upload received
     over TCP, or with a 1 ms sleep."""
     pin(cpu)
     from app.main import create_app
     from app.settings import Settings
 
-    data, body = upload.read_bytes(), body_path.read_bytes()
+    data = upload.read_bytes()
+    body = body_of(upload)
+    headers = predict_headers(body)
     app = create_app(Settings())
     worker_like(app)
-    headers = [(b"host", b"bench"), (b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode())]
 
     async def request() -> None:
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and message["status"] != 200:
-                raise RuntimeError(f"the app answered {message['status']}")
-
-        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                   "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "",
-                   "query_string": b"", "headers": headers, "client": ("127.0.0.1", 5000),
-                   "server": ("127.0.0.1", 8000)}, receive, send)
+        status = await post_predict(app, body, headers)
+        if status != 200:
+            raise RuntimeError(f"the app answered {status}")
 
     async with app.router.lifespan_context(app):
-        manager = app.state.manager
-        while manager.not_ready_reason() is not None:
-            if manager.load_error is not None:
-                raise RuntimeError(manager.load_error)
-            await asyncio.sleep(0.05)
-        dataplane, model = app.state.dataplane, manager.current
+        await wait_loaded(app)
+        dataplane, model = app.state.dataplane, app.state.manager.current
         predict = model.batcher.predict  # the runtime, as the batcher calls it
         dataplane.predict_image = canned(dataplane)
 
@@ -190,28 +156,23 @@ def main() -> int:
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)), help="the CPU the service runs on")
     parser.add_argument("--images", type=int, default=0, help="images per tight-loop turn (0: by upload)")
     parser.add_argument("--serve", choices=("real", "canned"), help=argparse.SUPPRESS)
-    parser.add_argument("--tight", nargs=3, metavar=("UPLOAD", "BODY", "CONTENT_TYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--tight", type=Path, metavar="UPLOAD", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port, args.cpu)
         return 0
     if args.tight:
-        upload, body, content_type = args.tight
-        images = args.images or (400 if os.path.getsize(upload) < 100_000 else 100)
-        print(json.dumps(asyncio.run(tight(Path(upload), Path(body), content_type, cpu=args.cpu, images=images,
-                                          repeats=args.rounds))))
+        images = args.images or (400 if args.tight.stat().st_size < 100_000 else 100)
+        print(json.dumps(asyncio.run(tight(args.tight, cpu=args.cpu, images=images, repeats=args.rounds))))
         return 0
 
     workdir, upload = prepare(args, "cxr-http-path-")
     env = {**service_env([]), "CXR_WORKERS": "1"}
 
     def work_alone() -> dict[str, float]:
-        from benchmarks.loadgen import BOUNDARY
-
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--tight", str(upload.path),
-                              str(upload.body), f"multipart/form-data; boundary={BOUNDARY}", "--cpu", str(args.cpu),
-                              "--rounds", str(args.rounds), "--images", str(args.images)],
+                              "--cpu", str(args.cpu), "--rounds", str(args.rounds), "--images", str(args.images)],
                              env={**env, "CXR_AUDIT_PATH": str(workdir / "audit-tight.db")}, cwd=REPO,
                              capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
